@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-SCRIPT = r'''#!{python}
+SCRIPT = r"""#!{python}
 import json, os, sys
 from pathlib import Path
 state = Path({state!r})
@@ -44,7 +44,8 @@ if tool == "kind":
     elif argv[:2] == ["create", "cluster"]:
         name = opt("--name")
         if os.environ.get("CNI_E2E_FAKE_KIND_FAIL") == "create":
-            print(f"ERROR: failed to create cluster: node(s) already exist for a cluster with the name \"{{name}}\"", file=sys.stderr)
+            print("ERROR: failed to create cluster: node(s) already exist for a cluster "
+                  f"with the name \"{{name}}\"", file=sys.stderr)
             sys.exit(1)
         cfg = opt("--config")
         (state / f"config-{{name}}.yaml").write_text(Path(cfg).read_text())
@@ -70,10 +71,12 @@ elif tool == "docker":
         print("192.0.2.10")
 elif tool == "helm":
     print("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: rendered}}")
-'''
+"""
 
 
-def install(bin_dir: Path, state: Path, tools: tuple[str, ...] = ("kind", "docker", "kubectl", "helm")) -> None:
+def install(
+    bin_dir: Path, state: Path, tools: tuple[str, ...] = ("kind", "docker", "kubectl", "helm")
+) -> None:
     """Write recording executables for `tools` into bin_dir; their log goes to state."""
     bin_dir.mkdir(parents=True, exist_ok=True)
     state.mkdir(parents=True, exist_ok=True)

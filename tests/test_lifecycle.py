@@ -62,7 +62,8 @@ def suite(pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyP
 
         def run(self, *args: str) -> pytest.RunResult:
             return pytester.runpytest_subprocess(
-                "-p", "no:cacheprovider", "--provider", "kind", *args, timeout=240)
+                "-p", "no:cacheprovider", "--provider", "kind", *args, timeout=240
+            )
 
         def kind(self, *prefix: str) -> list[list[str]]:
             return [a for a in rec.calls(state, "kind") if a[: len(prefix)] == list(prefix)]
@@ -140,7 +141,9 @@ def test_missing_kind_skips_e2e_with_a_reason_and_harness_tests_still_run(suite)
     (suite.bin_dir / "kind").unlink()
     result = suite.run("-n", "2", "-rs", "e2e", "tests")
     result.assert_outcomes(passed=1, skipped=6)
-    result.stdout.fnmatch_lines(["*kind is not on PATH; install it with go install sigs.k8s.io/kind@*"])
+    result.stdout.fnmatch_lines(
+        ["*kind is not on PATH; install it with go install sigs.k8s.io/kind@*"]
+    )
     assert "error" not in result.stdout.str().lower().split("short test summary")[-1]
 
 
@@ -156,19 +159,31 @@ def test_failed_creation_is_one_clear_error(suite, monkeypatch):
     monkeypatch.setenv("CNI_E2E_FAKE_KIND_FAIL", "create")
     result = suite.run("-n", "2", "e2e")
     assert result.ret == 3
-    result.stdout.fnmatch_lines([
-        "*provisioning profile antrea-encap failed: kind could not create cluster "
-        "cni-e2e-antrea-encap (exit 1)*"])
+    result.stdout.fnmatch_lines(
+        [
+            "*provisioning profile antrea-encap failed: kind could not create cluster "
+            "cni-e2e-antrea-encap (exit 1)*"
+        ]
+    )
     assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
     assert rec.existing_clusters(suite.state) == []
 
 
 def test_images_are_side_loaded_into_the_cluster(suite):
-    suite.run("-n", "0", "--load-image", "antrea/antrea-agent-ubuntu:latest",
-              "--load-image", "antrea/antrea-controller-ubuntu:latest", "e2e").assert_outcomes(passed=6)
+    suite.run(
+        "-n",
+        "0",
+        "--load-image",
+        "antrea/antrea-agent-ubuntu:latest",
+        "--load-image",
+        "antrea/antrea-controller-ubuntu:latest",
+        "e2e",
+    ).assert_outcomes(passed=6)
     loads = suite.kind("load", "docker-image")
     assert [a[-1] for a in loads] == [
-        "antrea/antrea-agent-ubuntu:latest", "antrea/antrea-controller-ubuntu:latest"]
+        "antrea/antrea-agent-ubuntu:latest",
+        "antrea/antrea-controller-ubuntu:latest",
+    ]
     assert all("cni-e2e-antrea-encap" in a for a in loads)
 
 

@@ -86,7 +86,9 @@ def test_bad_enum_value_names_file_field_and_value(tmp_path):
 
 def test_subnet_family_mismatch_is_rejected(tmp_path):
     text = BASE.replace("{podSubnet", "{ipFamily: ipv6, podSubnet")
-    with pytest.raises(ProfileError, match="podSubnet '10.244.0.0/16' does not match ipFamily ipv6"):
+    with pytest.raises(
+        ProfileError, match="podSubnet '10.244.0.0/16' does not match ipFamily ipv6"
+    ):
         load_profile(_write(tmp_path, "fam", text))
 
 
@@ -104,10 +106,15 @@ def test_missing_required_field_is_named(tmp_path):
 @pytest.mark.parametrize(
     ("patch", "message"),
     [
-        ("networking: {podSubnet: 10.244.0.0/16, serviceSubnet: 10.96.0.0/12, kubeProxyMode: none}",
-         "kubeProxyMode none needs antrea.proxyAll true"),
-        ("antrea: {defaultLoadBalancerMode: dsr, proxyAll: true}",
-         "dsr needs featureGates.LoadBalancerModeDSR true"),
+        (
+            "networking: {podSubnet: 10.244.0.0/16, serviceSubnet: 10.96.0.0/12,"
+            " kubeProxyMode: none}",
+            "kubeProxyMode none needs antrea.proxyAll true",
+        ),
+        (
+            "antrea: {defaultLoadBalancerMode: dsr, proxyAll: true}",
+            "dsr needs featureGates.LoadBalancerModeDSR true",
+        ),
         ("antrea: {trafficEncapMode: hybrid}", "hybrid needs an extraNetwork with moveWorkers"),
         ("antrea: {nodeIPAM: true}", "nodeIPAM needs nodeIPAMClusterCIDRs"),
     ],

@@ -53,10 +53,18 @@ def test_non_default_kind_config_has_no_kube_proxy_and_no_nodeipam():
     assert c["networking"]["kubeProxyMode"] == "none"
     (patch,) = c["kubeadmConfigPatchesJSON6902"]
     assert (patch["group"], patch["version"], patch["kind"]) == (
-        "kubeadm.k8s.io", "v1beta4", "ClusterConfiguration")
+        "kubeadm.k8s.io",
+        "v1beta4",
+        "ClusterConfiguration",
+    )
     ops = yaml.safe_load(patch["patch"])
-    assert ops == [{"op": "add", "path": "/controllerManager/extraArgs/-",
-                    "value": {"name": "controllers", "value": NODEIPAM_OFF}}]
+    assert ops == [
+        {
+            "op": "add",
+            "path": "/controllerManager/extraArgs/-",
+            "value": {"name": "controllers", "value": NODEIPAM_OFF},
+        }
+    ]
     assert NODEIPAM_OFF == "*,bootstrapsigner,tokencleaner,-nodeipam"
 
 
@@ -123,11 +131,14 @@ def test_kubeovn_kind_config_and_installer_env():
 def test_submariner_two_clusters_same_cidrs_distinct_dns_domains():
     configs = render_kind_configs(load_profile("submariner-globalnet"))
     assert [c["name"] for c in configs] == [
-        "cni-e2e-submariner-globalnet-c1", "cni-e2e-submariner-globalnet-c2"]
+        "cni-e2e-submariner-globalnet-c1",
+        "cni-e2e-submariner-globalnet-c2",
+    ]
     assert len({c["networking"]["podSubnet"] for c in configs}) == 1
     assert len({c["networking"]["serviceSubnet"] for c in configs}) == 1
-    domains = [yaml.safe_load(c["kubeadmConfigPatches"][0])["networking"]["dnsDomain"]
-               for c in configs]
+    domains = [
+        yaml.safe_load(c["kubeadmConfigPatches"][0])["networking"]["dnsDomain"] for c in configs
+    ]
     assert domains == ["c1.local", "c2.local"]
     for c in configs:
         gateways = [n for n in c["nodes"] if n.get("labels", {}).get("submariner.io/gateway")]
@@ -156,8 +167,12 @@ def test_cluster_name_option_sets_the_base_name():
 
 @pytest.mark.parametrize("name", profile_names())
 def test_render_profile_cli_prints_configs_then_plan(name):
-    out = subprocess.run([sys.executable, str(REPO / "scripts/render-profile"), name],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, str(REPO / "scripts/render-profile"), name],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     docs = list(yaml.safe_load_all(out))
     clusters = len(load_profile(name).clusters)
     assert [d["kind"] for d in docs] == ["Cluster"] * clusters + ["InstallPlan"]
@@ -166,8 +181,11 @@ def test_render_profile_cli_prints_configs_then_plan(name):
 
 
 def test_render_profile_cli_rejects_unknown_profile():
-    proc = subprocess.run([sys.executable, str(REPO / "scripts/render-profile"), "antrea-nope"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts/render-profile"), "antrea-nope"],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     assert "unknown profile 'antrea-nope'" in proc.stderr
     assert proc.stdout == ""
@@ -176,7 +194,10 @@ def test_render_profile_cli_rejects_unknown_profile():
 def test_render_profile_cli_rejects_invalid_profile_file(tmp_path):
     bad = tmp_path / "broken.yaml"
     bad.write_text("description: x\ncni: calico\nnetworking: {podSubnet: a, serviceSubnet: b}\n")
-    proc = subprocess.run([sys.executable, str(REPO / "scripts/render-profile"), str(bad)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts/render-profile"), str(bad)],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     assert "cni" in proc.stderr and "'calico'" in proc.stderr and str(bad) in proc.stderr
