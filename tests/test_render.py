@@ -1,5 +1,6 @@
 """Rendered kind configs and CNI install plans, checked field by field per profile."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -201,3 +202,30 @@ def test_render_profile_cli_rejects_invalid_profile_file(tmp_path):
     )
     assert proc.returncode == 2
     assert "cni" in proc.stderr and "'calico'" in proc.stderr and str(bad) in proc.stderr
+
+
+def test_kubeovn_plan_ships_the_nat_gateway_network():
+    plan = render_install_plan(load_profile("kubeovn-vpc-nat-gw"))
+    docs = {
+        (d["kind"], d["metadata"]["name"]): d
+        for d in yaml.safe_load_all(plan.files["vpc-nat-gw.yaml"])
+    }
+    assert docs["ConfigMap", "ovn-vpc-nat-gw-config"]["data"] == {"enable-vpc-nat-gw": "true"}
+    image = docs["ConfigMap", "ovn-vpc-nat-config"]["data"]["image"]
+    assert image.endswith("vpc-nat-gateway:v1.14.10")
+    nad = docs["NetworkAttachmentDefinition", "ovn-vpc-external-network"]
+    config = json.loads(nad["spec"]["config"])
+    assert (config["type"], config["master"], config["mode"]) == ("macvlan", "eth1", "bridge")
+    assert config["ipam"]["provider"] == "ovn-vpc-external-network.kube-system"
+    subnet = docs["Subnet", "ovn-vpc-external-network"]["spec"]
+    assert subnet["cidrBlock"] == "172.28.0.0/16"
+    assert subnet["gateway"] == "172.28.0.1"
+    assert subnet["provider"] == "ovn-vpc-external-network.kube-system"
+    (apply,) = [s for s in plan.steps if s.name == "apply-vpc-nat-gw-network"]
+    assert apply.run[-1] == "{workdir}/vpc-nat-gw.yaml"
+
+
+def test_antrea_chart_is_pinned():
+    _, render = helm_sets("antrea-encap")
+    assert render.run[render.run.index("--repo") + 1] == "https://charts.antrea.io"
+    assert render.run[render.run.index("--version") + 1] == "2.7.0"
