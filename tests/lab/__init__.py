@@ -1,0 +1,1 @@
+"""The data-plane lab: a kind network in miniature, made only of network namespaces."""
