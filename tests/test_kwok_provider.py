@@ -84,6 +84,7 @@ def provider(tmp_path):
     return provider
 
 
+@pytest.mark.needs_control_plane
 def test_kwok_cluster_comes_up_with_ready_kind_named_nodes_on_loopback_and_goes_away(
     provider, tmp_path
 ):

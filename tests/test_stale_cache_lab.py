@@ -147,6 +147,7 @@ def _denial(call, *args) -> str:
 LAG = 3.0
 
 
+@pytest.mark.needs_control_plane
 @pytest.mark.parametrize("lab", [LAG], indirect=True)
 def test_recreating_a_just_deleted_range_is_denied_while_the_cache_lags(lab):
     """Upstream #6783: the webhook's informer still holds the deleted pool."""
@@ -165,6 +166,7 @@ def test_recreating_a_just_deleted_range_is_denied_while_the_cache_lags(lab):
     lab.create_pool(new, [{"cidr": "169.254.100.0/30"}])
 
 
+@pytest.mark.needs_control_plane
 def test_recreating_a_just_deleted_range_is_admitted_without_lag(lab):
     old, new = f"{lab.lab_id}-old", f"{lab.lab_id}-new"
     lab.create_pool(old, [{"cidr": "169.254.101.0/30"}])
@@ -176,6 +178,7 @@ def test_recreating_a_just_deleted_range_is_admitted_without_lag(lab):
     assert lab.decisions[-1].allowed and lab.decisions[-1].cached == ()
 
 
+@pytest.mark.needs_control_plane
 @pytest.mark.parametrize("lab", [0.0, LAG], indirect=True, ids=["no-lag", "lag"])
 def test_a_range_overlapping_a_live_pool_is_denied_in_both_modes(lab):
     live = f"{lab.lab_id}-live"
@@ -190,6 +193,7 @@ def test_a_range_overlapping_a_live_pool_is_denied_in_both_modes(lab):
     )
 
 
+@pytest.mark.needs_control_plane
 def test_update_that_drops_a_range_is_denied_through_the_api_server(lab):
     from tests.stalecache.cache import GROUP, PLURAL, VERSION
 
@@ -204,6 +208,7 @@ def test_update_that_drops_a_range_is_denied_through_the_api_server(lab):
     assert message == denied("existing IPRanges [169.254.103.16/28] cannot be updated or deleted")
 
 
+@pytest.mark.needs_control_plane
 def test_webhook_serves_tls_on_loopback_with_its_own_ca(lab):
     assert lab.url.startswith("https://127.0.0.1:")
     assert lab.ca_pem.startswith(b"-----BEGIN CERTIFICATE-----")

@@ -238,6 +238,7 @@ def _installed(tool: str) -> Path:
     return path
 
 
+@pytest.mark.needs_control_plane
 @pytest.mark.parametrize(
     ("tool", "args", "expected"),
     [
