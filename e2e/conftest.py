@@ -1,4 +1,4 @@
-"""Every e2e scenario runs against the session cluster; without one it is skipped with the reason."""
+"""Every e2e scenario runs against the session cluster; without one it skips with the reason."""
 
 import pytest
 
