@@ -241,3 +241,29 @@ def test_plugin_prints_matrix_diffs_in_the_terminal_summary_under_xdist(tmp_path
     summary = done.stdout.split("reachability matrix diffs", 1)[1]
     assert "test_m.py::test_records" in summary
     assert "!! reachable->filtered" in summary
+
+
+def test_prober_owner_picks_arp_or_ndp_by_family(monkeypatch):
+    """Replaces run_probe (the network) to see which probe the prober asks for."""
+    asked: list[ProbeKind] = []
+
+    def fake_run_probe(spec: ProbeSpec, source: Netns | None) -> ProbeResult:
+        asked.append(spec.kind)
+        return _result(spec, Outcome.REACHABLE, macs=("02:00:5e:00:00:0b",))
+
+    monkeypatch.setattr(probes, "run_probe", fake_run_probe)
+    prober = probes.Prober(timeout=0.2)
+    prober.owner("198.51.100.200")
+    prober.owner("2001:db8:51::200")
+    assert asked == [ProbeKind.ARP, ProbeKind.NDP]
+
+
+def test_prober_expect_matrix_reports_then_raises(monkeypatch):
+    """Replaces run_probe (the network) with one that never gets an answer."""
+    monkeypatch.setattr(probes, "run_probe", lambda s, src: _result(s, Outcome.FILTERED, src.label))
+    seen: list[MatrixReport] = []
+    spec = ProbeSpec(ProbeKind.ICMP, "198.51.100.11")
+    prober = probes.Prober(on_report=seen.append)
+    with pytest.raises(MatrixMismatch, match="1 of 1 pairs differ"):
+        prober.expect_matrix([MatrixCase(A, spec, Outcome.REACHABLE)], retries=0, settle=0)
+    assert len(seen) == 1 and not seen[0].ok

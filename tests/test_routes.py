@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 import pytest
 
 from fixtures import netns as nsx
@@ -16,9 +21,10 @@ from fixtures.routes import (
     harness_routes,
     install_dsr_return_routes,
 )
-from tests.lab.marks import needs_root
+from tests.lab.marks import NEEDS_ROOT_REASON, needs_root
 from tests.lab.topology import CLIENT_IP, EXTERNAL_IP, build_lab
 
+REPO = Path(__file__).resolve().parent.parent
 FAST = Prober(timeout=0.3)
 STATIC_PROTO = 4  # what `ip route add` uses: a route the harness did not make
 
@@ -170,3 +176,52 @@ class TestDsrReturnPath:
             result = FAST.tcp(EXTERNAL_IP, 8080, source=lab.client.netns)
         assert sets == {}
         assert result.outcome is Outcome.FILTERED
+
+
+@pytest.mark.needs_root
+@pytest.mark.skipif(not nsx.has_netns_privileges(), reason=NEEDS_ROOT_REASON)
+def test_dsr_return_routes_fixture_removes_its_routes_at_teardown(tmp_path):
+    """Runs pytest in a subprocess with only the dataplane plugin: one test installs routes
+    through the fixture, the next (same lab) finds them gone."""
+    (tmp_path / "test_fixture.py").write_text(
+        textwrap.dedent("""
+        import pytest
+        from fixtures.routes import harness_routes
+        from tests.lab.topology import CLIENT_IP, build_lab
+
+        @pytest.fixture(scope="module")
+        def lab():
+            with build_lab() as built:
+                yield built
+
+        def test_installs(lab, dsr_return_routes):
+            sets = dsr_return_routes(lab.node_endpoints(), owner="n1", client=CLIENT_IP,
+                                     lb_mode="dsr")
+            assert sorted(sets) == ["n2", "n3"]
+            assert all(harness_routes(lab.node(n).netns) for n in ("n2", "n3"))
+
+        def test_gone_after_teardown(lab):
+            assert all(harness_routes(h.netns) == [] for h in lab.nodes.values())
+    """)
+    )
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "fixtures.plugins.dataplane",
+            "-p",
+            "no:cacheprovider",
+            "--rootdir",
+            str(tmp_path),
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "2 passed" in done.stdout

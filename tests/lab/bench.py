@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 
 from fixtures.netns import Netns, has_netns_privileges
 from fixtures.probes import MatrixCase, Outcome, ProbeKind, ProbeSpec, probe_matrix, run_probe
@@ -120,26 +121,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         n = args.probes
         rows.append(
             _run(
-                "single", "curl http (baseline)", [lambda: _curl(curl, src.netns, dst.ipv4)] * n, 1
+                "single", "curl http (baseline)", [partial(_curl, curl, src.netns, dst.ipv4)] * n, 1
             )
         )
         for kind in (ProbeKind.TCP, ProbeKind.HTTP, ProbeKind.ARP):
             spec = _specs(kind, dst, args)
-            rows.append(
-                _run("single", f"{kind} probe", [lambda s=spec: _probe(s, src.netns)] * n, 1)
-            )
+            rows.append(_run("single", f"{kind} probe", [partial(_probe, spec, src.netns)] * n, 1))
 
         pairs = [(s, t) for s in sources for t in targets] * args.rounds
         rows.append(
             _run(
                 "matrix",
                 "curl http (baseline)",
-                [lambda s=s, t=t: _curl(curl, s.netns, t.ipv4) for s, t in pairs],
+                [partial(_curl, curl, s.netns, t.ipv4) for s, t in pairs],
                 args.workers,
             )
         )
         for kind in (ProbeKind.TCP, ProbeKind.HTTP, ProbeKind.ARP):
-            calls = [lambda s=s, t=t, k=kind: _probe(_specs(k, t, args), s.netns) for s, t in pairs]
+            calls = [partial(_probe, _specs(kind, t, args), s.netns) for s, t in pairs]
             rows.append(_run("matrix", f"{kind} probe", calls, args.workers))
 
         # the real matrix code path once, as a check that the lab answered as expected
