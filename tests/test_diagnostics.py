@@ -20,16 +20,20 @@ import yaml
 
 from fixtures.diagnostics import (
     REDACTED,
+    ClusterTarget,
     ObjectRef,
     Redactor,
+    Tools,
     TouchedObjects,
     _secret_outline,
     artifact_dirname,
+    collect_failure,
     export_kind_logs,
     kubeconfig_secrets,
     label_for_test,
 )
 from fixtures.lifecycle import SessionCluster
+from fixtures.plugins.diagnostics import cluster_targets
 
 REPO = Path(__file__).resolve().parent.parent
 pytest_plugins = ["pytester"]
@@ -178,7 +182,38 @@ def test_kind_export_logs_failure_is_recorded_not_raised(tmp_path):
     assert "exited 1" in (dest / "errors.txt").read_text()
 
 
+def test_collection_that_cannot_reach_the_cluster_is_recorded_not_raised(tmp_path):
+    target = ClusterTarget("gone", tmp_path / "no-such-kubeconfig", "kind", "antrea")
+    report = collect_failure(
+        tmp_path / "out", [target], "e2e/t.py::test_x", TouchedObjects(), Redactor(), Tools()
+    )
+    assert report.errors and "[gone] API client" in report.errors[0]
+    assert "[gone] API client" in (tmp_path / "out" / "errors.txt").read_text()
+    assert "1 failed" in report.section() and "error: [gone] API client" in report.section()
+
+
 # --- end to end on the offline control plane ------------------------------------------------
+
+
+def test_collection_on_the_kwok_provider_says_what_it_skipped_and_why(
+    control_plane: SessionCluster, tmp_path
+):
+    touched = TouchedObjects()
+    touched.add("v1", "ConfigMap", "never-created", namespace="default")
+    report = collect_failure(
+        tmp_path / "out",
+        cluster_targets(control_plane),
+        "tests/t.py::test_y",
+        touched,
+        Redactor.from_kubeconfigs([control_plane.kubeconfig]),
+    )
+    assert report.errors == []
+    skipped = (tmp_path / "out" / "skipped.txt").read_text()
+    if control_plane.provider == "kwok":
+        assert "nodes are simulated" in skipped and "no CNI runs on this cluster" in skipped
+    assert "no namespace labelled cni-e2e/test=" in skipped
+    assert "ConfigMap/default/never-created: not found" in report.highlights
+
 
 INNER_CONFTEST = """
 import os
