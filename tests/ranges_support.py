@@ -84,6 +84,7 @@ class AllocatorMachine(RuleBasedStateMachine):
 
     TTL = 10.0
     QUARANTINE = 4.0
+    FIRST_FIT = True  # False: any free aligned subnet will do (stores that spread claims)
 
     def make_store(self, clock: FakeClock) -> RangeStore:
         raise NotImplementedError
@@ -134,10 +135,15 @@ class AllocatorMachine(RuleBasedStateMachine):
         fitting = [p for p in pools if p.prefixlen <= prefix]
         self._sweep_model(family)
         occupied = self._occupied(family)
-        expected = None
+        expected, free = None, []
         for pool in fitting:
             expected = brute_first_free(pool, prefix, occupied)
             if expected is not None:
+                free = [
+                    c
+                    for c in pool.subnets(new_prefix=prefix)
+                    if not any(c.overlaps(o) for o in occupied)
+                ]
                 break
         try:
             got = self.allocators[who].allocate(prefix=prefix, family=family)
@@ -156,7 +162,10 @@ class AllocatorMachine(RuleBasedStateMachine):
                 ), f"{usage} vs model {inside}"
                 assert str(usage.pool) in str(exc)
             return
-        assert got.network == expected, f"got {got}, first free was {expected}"
+        if self.FIRST_FIT:
+            assert got.network == expected, f"got {got}, first free was {expected}"
+        else:
+            assert got.network in free, f"got {got}, free in {got.pool} were {free}"
         assert got.prefix == prefix and got.network.subnet_of(got.pool)  # type: ignore[arg-type]
         assert ipaddress.ip_network(str(got.network)) == got.network  # aligned (strict parse)
         self.model[got.network] = _Entry(who, got.pool, self.clock())

@@ -28,6 +28,7 @@ from fixtures.ranges import (
     RangeRequestError,
     RangeStoreError,
     first_free_subnet,
+    free_subnets,
     lease_name,
     parse_pool,
 )
@@ -101,6 +102,14 @@ def test_first_free_subnet_is_the_lowest_aligned_candidate_that_overlaps_nothing
         assert got.subnet_of(pool)
         assert int(got.network_address) % (1 << (got.max_prefixlen - prefix)) == 0
         assert not any(got.overlaps(t) for t in taken)
+
+
+@given(pool_prefix_taken())
+@settings(max_examples=200)
+def test_free_subnets_lists_every_free_aligned_candidate_in_order(case):
+    pool, prefix, taken = case
+    expected = [c for c in pool.subnets(new_prefix=prefix) if not any(c.overlaps(t) for t in taken)]
+    assert list(free_subnets(pool, prefix, taken)) == expected
 
 
 @given(pools(), st.data())
