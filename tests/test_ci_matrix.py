@@ -28,7 +28,10 @@ def _registered_markers() -> list[str]:
 def _script(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, str(REPO / "scripts" / "ci-matrix"), *args],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 
@@ -50,9 +53,16 @@ def test_matrix_entries_name_the_tools_their_install_plan_runs():
 
 def test_tool_versions_are_the_toolchain_pins():
     proc = _script("--tools")
-    assert json.loads(proc.stdout) == tool_versions() == {
-        "kind": PINS.kind, "kubectl": PINS.kubectl, "helm": PINS.helm, "subctl": PINS.subctl,
-    }
+    assert (
+        json.loads(proc.stdout)
+        == tool_versions()
+        == {
+            "kind": PINS.kind,
+            "kubectl": PINS.kubectl,
+            "helm": PINS.helm,
+            "subctl": PINS.subctl,
+        }
+    )
 
 
 def test_github_output_carries_matrix_and_tools(tmp_path):
@@ -61,7 +71,8 @@ def test_github_output_carries_matrix_and_tools(tmp_path):
     assert proc.returncode == 0, proc.stderr
     lines = dict(line.split("=", 1) for line in out.read_text().splitlines())
     assert [e["profile"] for e in json.loads(lines["matrix"])["include"]] == [
-        "antrea-encap", "antrea-ipv6",
+        "antrea-encap",
+        "antrea-ipv6",
     ]
     assert json.loads(lines["tools"])["kind"] == PINS.kind
 

@@ -99,8 +99,13 @@ def test_redactor_scrubs_generic_credential_patterns_and_keeps_ordinary_text():
         ]
     )
     clean = redactor.scrub(text)
-    for leaked in ("abcdefghijklmnop0123", jwt, "Zm9vYmFyYmF6cXV4", "hunter2hunter2",
-                   "abcdef.0123456789abcdef"):
+    for leaked in (
+        "abcdefghijklmnop0123",
+        jwt,
+        "Zm9vYmFyYmF6cXV4",
+        "hunter2hunter2",
+        "abcdef.0123456789abcdef",
+    ):
         assert leaked not in clean
     assert "automountServiceAccountToken: true" in clean
     assert "antrea-agent-x2k9q.17f2a3b4c5d6e7f8 Warning BackOff" in clean
@@ -334,12 +339,19 @@ def widget_crd(control_plane: SessionCluster) -> Iterator[tuple[str, str]]:
             "group": group,
             "scope": "Cluster",
             "names": {"plural": plural, "singular": "widget", "kind": "Widget"},
-            "versions": [{
-                "name": "v1", "served": True, "storage": True,
-                "schema": {"openAPIV3Schema": {
-                    "type": "object", "x-kubernetes-preserve-unknown-fields": True
-                }},
-            }],
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "x-kubernetes-preserve-unknown-fields": True,
+                        }
+                    },
+                }
+            ],
         },
     }
     ext.create_custom_resource_definition(crd)
@@ -376,9 +388,16 @@ def test_failed_test_gets_artifacts_and_report_section_without_credentials(
     artifacts = tmp_path / "artifacts"
     result = pytester.runpytest_subprocess(
         # option=value: a plugin's option value could otherwise be taken for a path
-        "-p", "no:cacheprovider", "-p", "fixtures.plugins.diagnostics", "-n", "2",
-        f"--kubeconfig={control_plane.kubeconfig}", "--cluster-name=diag",
-        f"--artifacts-dir={artifacts}", f"--junitxml={tmp_path / 'junit.xml'}",
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "fixtures.plugins.diagnostics",
+        "-n",
+        "2",
+        f"--kubeconfig={control_plane.kubeconfig}",
+        "--cluster-name=diag",
+        f"--artifacts-dir={artifacts}",
+        f"--junitxml={tmp_path / 'junit.xml'}",
         timeout=180,
     )
     output = result.stdout.str() + result.stderr.str()

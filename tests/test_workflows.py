@@ -54,9 +54,18 @@ def _load(name: str) -> dict[str, Any]:
 
 def _check_jsonschema(*files: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "check_jsonschema", "--builtin-schema",
-         "vendor.github-workflows", *map(str, files)],
-        capture_output=True, text=True, timeout=120, check=False,
+        [
+            sys.executable,
+            "-m",
+            "check_jsonschema",
+            "--builtin-schema",
+            "vendor.github-workflows",
+            *map(str, files),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 
@@ -86,7 +95,11 @@ def test_schema_check_rejects_a_malformed_workflow(tmp_path):
 def test_workflows_pass_actionlint():
     proc = subprocess.run(
         [_actionlint(), "-no-color", *map(str, FILES)],
-        capture_output=True, text=True, timeout=120, check=False, cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=REPO,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -96,7 +109,10 @@ def test_actionlint_rejects_undefined_matrix_and_unknown_inputs(tmp_path):
     broken.write_text(BROKEN_FOR_ACTIONLINT)
     proc = subprocess.run(
         [_actionlint(), "-no-color", str(broken)],
-        capture_output=True, text=True, timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert proc.returncode == 1
     assert "matrix" in proc.stdout and "no-such-input" in proc.stdout
@@ -110,7 +126,7 @@ def test_e2e_jobs_come_from_the_generated_matrix():
     assert e2e["strategy"]["matrix"] == "${{ fromJSON(needs.matrix.outputs.matrix) }}"
     assert e2e["strategy"]["fail-fast"] is False
     run = next(s["run"] for s in e2e["steps"] if s.get("name") == "Run the e2e scenarios")
-    assert "scripts/e2e" in run and "-m \"$MARKERS\"" in run and "--junitxml=" in run
+    assert "scripts/e2e" in run and '-m "$MARKERS"' in run and "--junitxml=" in run
     step_env = next(s["env"] for s in e2e["steps"] if s.get("name") == "Run the e2e scenarios")
     assert step_env == {"PROFILE": "${{ matrix.profile }}", "MARKERS": "${{ matrix.markers }}"}
 
