@@ -338,10 +338,10 @@ def test_overlapping_pool_definitions_never_hand_out_overlapping_ranges(store):
 
 
 def test_a_live_holder_keeps_its_range_past_the_ttl_by_renewing(store):
-    holder = allocator(store, ["192.0.2.0/28"], ttl=0.3, run_id="holder")
-    other = allocator(store, ["192.0.2.0/28"], ttl=0.3, run_id="other")
+    holder = allocator(store, ["192.0.2.0/28"], ttl=0.5, run_id="holder")
+    other = allocator(store, ["192.0.2.0/28"], ttl=0.5, run_id="other")
     r = holder.allocate()
-    deadline = time.monotonic() + 1.2  # four TTLs
+    deadline = time.monotonic() + 1.5  # three TTLs
     stop = threading.Event()
     while time.monotonic() < deadline:
         with pytest.raises(RangeExhaustedError):
@@ -419,10 +419,10 @@ def test_the_overlap_witness_catches_a_store_that_double_books(tmp_path):
 
 
 def test_a_killed_holders_ranges_come_back_after_the_ttl_and_not_before(tmp_path):
-    ttl = 0.6
+    ttl = 1.0
     state = tmp_path / "state"
     report = crash_and_reclaim(
-        {"state_dir": state}, FileStore(state), "198.51.100.0/27", 28, ttl=ttl, alive_for=1.0
+        {"state_dir": state}, FileStore(state), "198.51.100.0/27", 28, ttl=ttl, alive_for=1.5
     )
     assert len(report.taken) == 2
     assert report.failures_while_alive > 0

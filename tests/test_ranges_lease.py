@@ -205,9 +205,9 @@ def test_a_wider_claim_that_lands_first_makes_the_later_claimant_back_off(
     )
     ours = store.try_claim(ipaddress.ip_network("198.18.0.0/26"), 28, Holder.current("us"), 30.0)
     assert [str(x) for x in rival_got] == ["198.18.0.0/27"]
-    assert str(ours) == "198.18.0.32/28"
+    assert str(ours) in ("198.18.0.32/28", "198.18.0.48/28")  # outside the rival's /27
     standing = sorted(str(c.network) for c in store.claims(4))
-    assert standing == ["198.18.0.0/27", "198.18.0.32/28"]
+    assert standing == ["198.18.0.0/27", str(ours)]
     rival_store.close()
 
 
