@@ -436,18 +436,25 @@ def test_a_killed_holders_ranges_come_back_after_the_ttl_and_not_before(tmp_path
 
 
 def test_an_unreachable_api_server_is_named_after_retries(tmp_path):
-    """The lease store against a closed local port: no cluster needed to see the message."""
+    """The lease store against a closed loopback port: no cluster needed to see the message."""
+    import socket
+
     from fixtures.ranges import LeaseStore
 
+    with socket.socket() as s:  # a port the kernel just handed out and nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(
         "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
-        "clusters: [{name: c, cluster: {server: 'https://127.0.0.1:9', "
+        f"clusters: [{{name: c, cluster: {{server: 'https://127.0.0.1:{port}', "
         "insecure-skip-tls-verify: true}}]\n"
         "users: [{name: u, user: {token: t}}]\n"
         "contexts: [{name: c, context: {cluster: c, user: u}}]\n"
     )
     store = LeaseStore.from_kubeconfig(kubeconfig, "cni-e2e-ranges")
-    with pytest.raises(RangeStoreError, match=r"API server at https://127\.0\.0\.1:9 did not"):
+    with pytest.raises(
+        RangeStoreError, match=rf"API server at https://127\.0\.0\.1:{port} did not"
+    ):
         allocator(store, ["192.0.2.0/28"]).allocate()
     store.close()

@@ -93,7 +93,7 @@ def leases(admin_client: Any, lease_ns: str) -> dict[str, Any]:
     from kubernetes import client as k8s
 
     items = k8s.CoordinationV1Api(admin_client).list_namespaced_lease(lease_ns).items
-    return {x.metadata.name: x for x in items}
+    return {str(x.metadata.name): x for x in items if x.metadata is not None}
 
 
 def allocator(store: LeaseStore, pools: list[str], **kw: Any) -> RangeAllocator:
@@ -218,9 +218,14 @@ def test_a_same_subnet_claim_that_lands_first_is_skipped_without_relisting(
     rival_store = LeaseStore.from_kubeconfig(kubeconfig, lease_ns)
     pool = ipaddress.ip_network("198.18.0.0/26")
     _Intercept(store, lambda: rival_store.try_claim(pool, 28, Holder.current("rival"), 30.0))
-    lists = []
+    lists: list[str] = []
     real_list = store.api.list
-    store.api.list = lambda selector: lists.append(selector) or real_list(selector)  # type: ignore[method-assign]
+
+    def counting_list(selector: str) -> list[dict[str, Any]]:
+        lists.append(selector)
+        return real_list(selector)
+
+    store.api.list = counting_list  # type: ignore[method-assign]
     ours = store.try_claim(pool, 28, Holder.current("us"), 30.0)
     assert ours is not None and str(ours) != "198.18.0.0/28"
     assert ours in {ipaddress.ip_network(f"198.18.0.{n}/28") for n in (16, 32, 48)}
