@@ -138,8 +138,11 @@ def _selected(pytester: pytest.Pytester, expression: str) -> set[str]:
     ("profile", "expected"),
     [
         ("antrea-encap", {"test_antrea_egress", "test_antrea_pool_webhook"}),
-        ("antrea-encap-non-default", {"test_antrea_dsr"}),
-        ("antrea-ipv6", set()),
+        (
+            "antrea-encap-non-default",
+            {"test_antrea_egress", "test_antrea_dsr", "test_antrea_pool_webhook"},
+        ),
+        ("antrea-ipv6", {"test_antrea_egress", "test_antrea_pool_webhook"}),
         ("kubeovn-vpc-nat-gw", {"test_kubeovn_fip"}),
         ("submariner-globalnet", {"test_submariner_giip"}),
     ],
