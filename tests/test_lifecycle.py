@@ -196,3 +196,15 @@ def test_unknown_profile_is_a_usage_error(suite):
     result = suite.run("-n", "0", "--profile", "antrea-typo", "e2e")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--profile: unknown profile 'antrea-typo'; known profiles: *"])
+
+
+def test_teardown_removes_the_session_workdir_with_its_kubeconfig(suite, pytester):
+    suite.run("-n", "2", "e2e").assert_outcomes(passed=6)
+    workdir = pytester.path / ".pytest-kind" / "cni-e2e-antrea-encap"
+    assert not workdir.exists(), "kubeconfig of a deleted cluster left behind"
+
+
+def test_kept_cluster_keeps_its_kubeconfig(suite, pytester):
+    suite.run("-n", "0", "--keep-cluster", "e2e").assert_outcomes(passed=6)
+    kubeconfig = pytester.path / ".pytest-kind/cni-e2e-antrea-encap/cni-e2e-antrea-encap.kubeconfig"
+    assert "kind: Config" in kubeconfig.read_text()

@@ -7,9 +7,7 @@ Antrea's, and wraps its denials the same way.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -110,23 +108,6 @@ def test_delete_is_always_admitted():
 
 
 # --- against a real API server -----------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def control_plane(tmp_path_factory) -> Iterator[object]:
-    """TEMPORARY: one kwok cluster for this module, until the plugin's session fixture is used."""
-    from fixtures.providers import ClusterPlan
-    from fixtures.providers.kwok import KwokProvider
-
-    provider = KwokProvider()
-    if reason := provider.missing():
-        pytest.skip(reason)
-    name = f"cni-e2e-lab{secrets.token_hex(3)}"
-    workdir = tmp_path_factory.mktemp("stale-cache-lab")
-    plan = ClusterPlan(name, Path("/dev/null"), workdir / "kubeconfig", (f"{name}-control-plane",))
-    provider.create(plan)
-    yield plan  # .name and .kubeconfig, like the session fixture's handle
-    provider.delete(plan)
 
 
 @pytest.fixture
