@@ -56,18 +56,7 @@ def _exported_ip(k8s, objects, namespace, name):
 
 def _restart_globalnet(cluster):
     """Delete the globalnet pods and wait for the DaemonSet to be ready again."""
-    result = kubectl(
-        cluster.kubeconfig,
-        "-n",
-        SUBMARINER_NAMESPACE,
-        "delete",
-        "pod",
-        "-l",
-        GLOBALNET_POD_LABEL,
-        "--wait=true",
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
+    _restart_pods_only(cluster)
     result = kubectl(
         cluster.kubeconfig,
         "-n",
