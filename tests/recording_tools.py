@@ -4,6 +4,7 @@ kind cannot run on machines without a Docker engine, so lifecycle tests put
 these executables first on PATH. Each appends its argv to a JSON-lines log and
 keeps just enough state (which clusters exist) to behave like the real tool.
 Environment knobs: CNI_E2E_FAKE_KIND_FAIL=create makes `kind create` fail;
+CNI_E2E_FAKE_KUBECTL_FAIL=WORD makes any kubectl call containing WORD fail (a gate);
 CNI_E2E_FAKE_DOCKER_DOWN=1 makes `docker info` fail like a stopped engine.
 """
 
@@ -69,6 +70,13 @@ elif tool == "docker":
         print("28.2.2")
     elif argv[:1] == ["inspect"]:
         print("192.0.2.10")
+elif tool == "kubectl":
+    fail = os.environ.get("CNI_E2E_FAKE_KUBECTL_FAIL")
+    if fail and fail in argv:
+        print(f"error: timed out waiting for the condition on {{argv[-2]}}", file=sys.stderr)
+        sys.exit(1)
+    if "-o" in argv and argv[argv.index("-o") + 1] == "yaml":
+        print("kind: DaemonSet\nmetadata: {{name: antrea-agent}}\nstatus: {{numberUnavailable: 2}}")
 elif tool == "helm":
     print("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: rendered}}")
 """

@@ -55,6 +55,7 @@ def suite(pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("CNI_E2E_SEEN", str(tmp_path / "seen.jsonl"))
     monkeypatch.delenv("CNI_E2E_FAKE_KIND_FAIL", raising=False)
     monkeypatch.delenv("CNI_E2E_FAKE_DOCKER_DOWN", raising=False)
+    monkeypatch.delenv("CNI_E2E_FAKE_KUBECTL_FAIL", raising=False)
 
     class Suite:
         def __init__(self) -> None:
@@ -208,3 +209,16 @@ def test_kept_cluster_keeps_its_kubeconfig(suite, pytester):
     suite.run("-n", "0", "--keep-cluster", "e2e").assert_outcomes(passed=6)
     kubeconfig = pytester.path / ".pytest-kind/cni-e2e-antrea-encap/cni-e2e-antrea-encap.kubeconfig"
     assert "kind: Config" in kubeconfig.read_text()
+
+
+def test_a_failing_readiness_gate_is_named_and_shows_the_object(suite, monkeypatch):
+    monkeypatch.setenv("CNI_E2E_FAKE_KUBECTL_FAIL", "rollout")
+    result = suite.run("-n", "2", "--gate-timeout", "5", "e2e")
+    assert result.ret == 3
+    out = result.stdout.str()
+    assert "readiness gate 'rollout deployment/antrea-controller' failed for cluster" in out
+    assert "within 5s" in out
+    assert "numberUnavailable: 2" in out, "the object that did not get ready is shown"
+    # the half-made cluster is not leaked
+    assert rec.existing_clusters(suite.state) == []
+    assert len(suite.kind("delete", "cluster")) == 1
