@@ -20,13 +20,18 @@ def test_the_file_store_rows_are_measured_and_tabulated(capsys):
     assert out[0].split()[:3] == ["store", "procs", "cycles"]
     rows = [line.split() for line in out[2:]]
     assert [(r[0], r[1], r[2]) for r in rows] == [("file", "1", "5"), ("file", "2", "10")]
-    assert all(float(r[-1]) > 0 for r in rows)
+    assert all(float(r[-2]) > 0 for r in rows)
+    # throughput as a ratio to the baseline row of the same invocation
+    assert rows[0][-1] == "1.00x"
+    assert float(rows[1][-1].rstrip("x")) == pytest.approx(
+        float(rows[1][-2]) / float(rows[0][-2]), rel=0.05
+    )
 
 
 def test_percentiles_and_throughput_come_from_the_samples():
     row = Row("file", 2, 100, tuple(float(i) for i in range(1, 101)), (1.0,) * 100,
               (2.0,) * 100, seconds=4.0)  # fmt: skip
-    cells = dict(zip(HEADERS, row.cells(), strict=True))
+    cells = dict(zip(HEADERS, [*row.cells(), "1.00x"], strict=True))
     assert cells["p50 ms"] == "50.50" and cells["p99 ms"] == "99.01"
     assert cells["cycles/s"] == "25"
     assert len({len(line) for line in table([row]).splitlines()}) == 1
