@@ -222,3 +222,14 @@ def test_a_failing_readiness_gate_is_named_and_shows_the_object(suite, monkeypat
     # the half-made cluster is not leaked
     assert rec.existing_clusters(suite.state) == []
     assert len(suite.kind("delete", "cluster")) == 1
+
+
+def test_summary_names_profile_and_cluster_and_says_it_was_deleted(suite):
+    result = suite.run("-n", "2", "e2e")
+    result.stdout.fnmatch_lines(
+        [
+            "*cni-e2e session*",
+            "profile: antrea-encap  provider: kind",
+            "cluster: cni-e2e-antrea-encap  deleted at the end of the session",
+        ]
+    )
