@@ -10,6 +10,14 @@ fix of PR #6994), removed at teardown.
 
 import pytest
 from kubernetes import client as kclient
+from tenacity import (
+    Retrying,
+    retry_if_exception_type,
+    retry_if_result,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_fixed,
+)
 
 from fixtures.antrea import external_ip_pool, in_ranges, load_balancer_service
 from fixtures.kube import SERVICE, Resource, register, unique_name, wait_for_condition
@@ -17,7 +25,7 @@ from fixtures.netns import external_client, has_netns_privileges, kind_node_netn
 from fixtures.probes import Outcome, parse_clientip
 from fixtures.render import node_names
 from fixtures.routes import NodeEndpoint, dsr_return_routes, harness_routes
-from fixtures.workloads import agnhost_deployment
+from fixtures.workloads import agnhost_deployment, exec_on_node
 
 DEPLOYMENT = register(Resource("apps/v1", "Deployment", "deployments", namespaced=True))
 PORT = 8080
@@ -129,3 +137,48 @@ def node_names_of(cluster):
     from fixtures.profiles import load_profile
 
     return node_names(load_profile(cluster.profile), cluster.name)
+
+
+def _owner_within(prober, ip, endpoints, accept, seconds):
+    """Probe ARP/NDP ownership until `accept(owner)` holds; bounded in time and count."""
+    return Retrying(
+        stop=stop_after_delay(seconds) | stop_after_attempt(int(seconds)),
+        wait=wait_fixed(1),
+        retry=retry_if_exception_type(AssertionError) | retry_if_result(lambda o: not accept(o)),
+        retry_error_callback=lambda state: None,
+    )(_owner_of, prober, ip, endpoints)
+
+
+@pytest.mark.dataplane
+@pytest.mark.disruptive
+@pytest.mark.needs_root
+@pytest.mark.xdist_group("antrea-agent-freeze")
+@pytest.mark.requires(data_plane=True, nodes=3)
+def test_external_ip_moves_off_a_frozen_node_and_comes_back(
+    k8s, cluster, objects, namespace, ip_range, prober
+):
+    """Antrea's testServiceNodeFailure (the subtest of #6783), answered by ARP/NDP ownership."""
+    if not has_netns_privileges():
+        pytest.skip("needs root (CAP_NET_ADMIN, CAP_NET_RAW) to enter the kind nodes' netns")
+    workers = [n for n in node_names_of(cluster) if "-worker" in n][:2]
+    pool = objects.create(external_ip_pool(unique_name("failover"), [ip_range], nodes=workers))
+    svc = objects.create(
+        load_balancer_service("failover", pool["metadata"]["name"], selector={"app": "none"})
+    )
+    obj = wait_for_condition(
+        k8s, SERVICE, svc["metadata"]["name"], ingress_ip, namespace, timeout=60
+    )
+    ext_ip = ingress_ip(obj)
+    endpoints = _node_endpoints(k8s, node_names_of(cluster))
+    first = _owner_of(prober, ext_ip, endpoints)
+    exec_on_node(first.name, ["pkill", "-STOP", "antrea-agent"])
+    try:
+        moved = _owner_within(prober, ext_ip, endpoints, lambda o: o.name != first.name, 15)
+    finally:
+        exec_on_node(first.name, ["pkill", "-CONT", "antrea-agent"])
+    assert moved is not None, (
+        f"{ext_ip} did not move off frozen node {first.name} to one new owner within 15 s"
+    )
+    assert moved.name in workers, f"{ext_ip} moved to {moved.name}, outside the pool's nodes"
+    back = _owner_within(prober, ext_ip, endpoints, lambda o: o.name == first.name, 30)
+    assert back is not None, f"{ext_ip} did not return to {first.name} after its agent resumed"
