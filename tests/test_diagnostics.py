@@ -93,7 +93,7 @@ def test_redactor_scrubs_generic_credential_patterns_and_keeps_ordinary_text():
             f"serviceaccount token {jwt}",
             'token: "s.Zm9vYmFyYmF6cXV4"',
             "password=hunter2hunter2",
-            "kubeadm join 172.18.0.2:6443 --token abcdef.0123456789abcdef",
+            "kubeadm join 203.0.113.2:6443 --token abcdef.0123456789abcdef",
             "automountServiceAccountToken: true",
             "event antrea-agent-x2k9q.17f2a3b4c5d6e7f8 Warning BackOff",
         ]
@@ -134,7 +134,7 @@ def test_secret_outline_keeps_keys_and_sizes_never_values():
 
 
 def test_artifact_dirname_is_path_safe_and_bounded():
-    name = artifact_dirname("e2e/test_egress.py::test_pool[10.0.0.0/24-a b]")
+    name = artifact_dirname("e2e/test_egress.py::test_pool[198.19.0.0/24-a b]")
     assert "/" not in name and " " not in name and name.startswith("e2e__test_egress.py__")
     long_id = "e2e/t.py::test_x[" + "y" * 300 + "]"
     assert len(artifact_dirname(long_id)) <= 140

@@ -62,7 +62,7 @@ def _write(tmp_path: Path, name: str, text: str) -> Path:
 BASE = """\
 description: test
 cni: antrea
-networking: {podSubnet: 10.244.0.0/16, serviceSubnet: 10.96.0.0/12}
+networking: {podSubnet: 198.18.0.0/16, serviceSubnet: 198.19.0.0/16}
 antrea: {trafficEncapMode: encap}
 """
 
@@ -87,7 +87,7 @@ def test_bad_enum_value_names_file_field_and_value(tmp_path):
 def test_subnet_family_mismatch_is_rejected(tmp_path):
     text = BASE.replace("{podSubnet", "{ipFamily: ipv6, podSubnet")
     with pytest.raises(
-        ProfileError, match="podSubnet '10.244.0.0/16' does not match ipFamily ipv6"
+        ProfileError, match="podSubnet '198.18.0.0/16' does not match ipFamily ipv6"
     ):
         load_profile(_write(tmp_path, "fam", text))
 
@@ -107,7 +107,7 @@ def test_missing_required_field_is_named(tmp_path):
     ("patch", "message"),
     [
         (
-            "networking: {podSubnet: 10.244.0.0/16, serviceSubnet: 10.96.0.0/12,"
+            "networking: {podSubnet: 198.18.0.0/16, serviceSubnet: 198.19.0.0/16,"
             " kubeProxyMode: none}",
             "kubeProxyMode none needs antrea.proxyAll true",
         ),
@@ -129,7 +129,7 @@ def test_inconsistent_antrea_settings_are_rejected(tmp_path, patch, message):
 def test_submariner_needs_two_clusters_and_globalnet_cidrs(tmp_path):
     text = (
         "description: x\ncni: kindnet\n"
-        "networking: {podSubnet: 10.129.0.0/16, serviceSubnet: 100.65.0.0/16}\n"
+        "networking: {podSubnet: 198.18.0.0/16, serviceSubnet: 100.65.0.0/16}\n"
         "clusters: [{id: c1}, {id: c2, globalnetCIDR: 242.254.2.0/24}]\n"
         "submariner: {globalnet: true}\n"
     )

@@ -1,5 +1,6 @@
 """Rendered kind configs and CNI install plans, checked field by field per profile."""
 
+import ipaddress
 import json
 import subprocess
 import sys
@@ -78,7 +79,8 @@ def test_non_default_helm_values_enable_proxyall_dsr_and_nodeipam():
     assert "featureGates.LoadBalancerModeDSR=true" in sets
     assert "kubeAPIServerOverride={control_plane_endpoint}" in sets
     assert "nodeIPAM.enable=true" in sets
-    assert "nodeIPAM.clusterCIDRs={10.244.0.0/16}" in sets
+    cidrs = load_profile("antrea-encap-non-default").antrea.nodeIPAMClusterCIDRs
+    assert cidrs and f"nodeIPAM.clusterCIDRs={{{','.join(cidrs)}}}" in sets
 
 
 def test_noencap_values():
@@ -108,20 +110,24 @@ def test_ipv6_kind_config():
 
 def test_dual_stack_kind_config():
     net = kind_config("antrea-dual")["networking"]
+    spec = load_profile("antrea-dual").networking
     assert net["ipFamily"] == "dual"
-    assert net["podSubnet"].split(",") == ["10.244.0.0/16", "fd00:10:244::/56"]
-    assert net["serviceSubnet"].split(",") == ["10.96.0.0/12", "fd00:10:96::/112"]
+    assert net["podSubnet"] == spec.podSubnet and net["serviceSubnet"] == spec.serviceSubnet
+    for key in ("podSubnet", "serviceSubnet"):
+        families = [ipaddress.ip_network(c).version for c in net[key].split(",")]
+        assert families == [4, 6], f"{key} must list IPv4 then IPv6"
 
 
 def test_kubeovn_kind_config_and_installer_env():
     c = kind_config("kubeovn-vpc-nat-gw")
     assert c["networking"]["disableDefaultCNI"] is True
     assert c["networking"]["kubeProxyMode"] == "ipvs"
-    assert c["networking"]["podSubnet"] == "10.16.0.0/16"
+    profile = load_profile("kubeovn-vpc-nat-gw")
+    assert c["networking"]["podSubnet"] == profile.networking.podSubnet
     plan = render_install_plan(load_profile("kubeovn-vpc-nat-gw"))
     (install,) = [s for s in plan.steps if s.name == "install-kube-ovn"]
     assert install.env["ENABLE_NAT_GW"] == "true"
-    assert install.env["POD_CIDR"] == "10.16.0.0/16"
+    assert install.env["POD_CIDR"] == profile.networking.podSubnet
     assert install.env["KUBECONFIG"] == "{kubeconfig}"
     assert any(s.name == "install-multus" for s in plan.steps)
     connects = [s.run for s in plan.steps if s.run[:3] == ["docker", "network", "connect"]]
@@ -218,8 +224,10 @@ def test_kubeovn_plan_ships_the_nat_gateway_network():
     assert (config["type"], config["master"], config["mode"]) == ("macvlan", "eth1", "bridge")
     assert config["ipam"]["provider"] == "ovn-vpc-external-network.kube-system"
     subnet = docs["Subnet", "ovn-vpc-external-network"]["spec"]
-    assert subnet["cidrBlock"] == "172.28.0.0/16"
-    assert subnet["gateway"] == "172.28.0.1"
+    (external,) = load_profile("kubeovn-vpc-nat-gw").extraNetworks
+    network = ipaddress.ip_network(external.subnet)
+    assert subnet["cidrBlock"] == str(network)
+    assert subnet["gateway"] == str(network.network_address + 1)
     assert subnet["provider"] == "ovn-vpc-external-network.kube-system"
     (apply,) = [s for s in plan.steps if s.name == "apply-vpc-nat-gw-network"]
     assert apply.run[-1] == "{workdir}/vpc-nat-gw.yaml"

@@ -93,13 +93,13 @@ def denied(webhook: str, message: str, code: int = 400) -> ApiException:
     return api_error(code, phrase, f'admission webhook "{webhook}" denied the request: {message}')
 
 
-OVERLAP_V25 = "range [10.20.30.0/24] overlaps with range [10.20.0.0/16] of ExternalIPPool qux"
+OVERLAP_V25 = "range [198.18.30.0/24] overlaps with range [198.18.0.0/16] of ExternalIPPool qux"
 OVERLAP_V24 = (
     "range [169.254.100.0/30] overlaps with range [169.254.100.0/30] "
     "of pool test-service-pool-86dtz"
 )
 OVERLAP_START_END = (
-    "range [10.2.0.10-10.2.0.20] overlaps with range [10.2.0.0/24] of ExternalIPPool a"
+    "range [198.19.20.10-198.19.20.20] overlaps with range [198.19.20.0/24] of ExternalIPPool a"
 )
 OVERLAPS = [
     pytest.param(OVERLAP_V25, "qux", id="v2.5-cidr"),
@@ -175,9 +175,9 @@ def test_overlap_whose_pool_check_is_forbidden_is_permanent():
 @pytest.mark.parametrize(
     ("webhook", "message"),
     [
-        (POOL_WEBHOOK, "existing IPRanges [10.2.0.0/24] cannot be updated or deleted"),
+        (POOL_WEBHOOK, "existing IPRanges [198.19.20.0/24] cannot be updated or deleted"),
         (EGRESS_WEBHOOK, "ExternalIPPool pool-a does not exist"),
-        (EGRESS_WEBHOOK, "IP 10.9.0.9 is not within the IP range"),
+        (EGRESS_WEBHOOK, "IP 198.19.90.9 is not within the IP range"),
     ],
 )
 def test_other_webhook_denials_are_permanent_and_need_no_lookup(webhook, message):

@@ -34,21 +34,23 @@ def _pool(name: str, *ranges: dict, subnet: dict | None = None) -> dict:
     ("new", "existing", "message"),
     [
         (
-            {"cidr": "10.20.30.0/24"},
-            {"qux": [{"cidr": "10.20.0.0/16"}]},
-            "range [10.20.30.0/24] overlaps with range [10.20.0.0/16] of ExternalIPPool qux",
+            {"cidr": "198.18.30.0/24"},
+            {"qux": [{"cidr": "198.18.0.0/16"}]},
+            "range [198.18.30.0/24] overlaps with range [198.18.0.0/16] of ExternalIPPool qux",
         ),
         (
-            {"start": "10.2.0.10", "end": "10.2.0.20"},
-            {"a": [{"cidr": "10.2.0.0/24"}]},
-            "range [10.2.0.10-10.2.0.20] overlaps with range [10.2.0.0/24] of ExternalIPPool a",
+            {"start": "198.19.20.10", "end": "198.19.20.20"},
+            {"a": [{"cidr": "198.19.20.0/24"}]},
+            "range [198.19.20.10-198.19.20.20] overlaps with range [198.19.20.0/24] "
+            "of ExternalIPPool a",
         ),
         (
-            {"cidr": "10.3.0.0/30"},
-            {"b": [{"start": "10.3.0.3", "end": "10.3.0.9"}]},
-            "range [10.3.0.0/30] overlaps with range [10.3.0.3-10.3.0.9] of ExternalIPPool b",
+            {"cidr": "198.19.30.0/30"},
+            {"b": [{"start": "198.19.30.3", "end": "198.19.30.9"}]},
+            "range [198.19.30.0/30] overlaps with range [198.19.30.3-198.19.30.9] "
+            "of ExternalIPPool b",
         ),
-        ({"cidr": "10.4.0.4/30"}, {"c": [{"cidr": "10.4.0.0/30"}]}, None),  # adjacent
+        ({"cidr": "198.19.40.4/30"}, {"c": [{"cidr": "198.19.40.0/30"}]}, None),  # adjacent
         ({"cidr": "fd00::/126"}, {"d": [{"cidr": "0.0.0.0/0"}]}, None),  # other family
     ],
 )
@@ -57,43 +59,51 @@ def test_overlap_messages_match_antrea(new, existing, message):
 
 
 def test_a_pool_is_not_checked_against_its_own_old_ranges():
-    existing = {"p": [{"cidr": "10.5.0.0/24"}]}
-    update = _pool("p", {"cidr": "10.5.0.0/24"}, {"cidr": "10.6.0.0/24"})
-    old = _pool("p", {"cidr": "10.5.0.0/24"})
+    existing = {"p": [{"cidr": "198.19.50.0/24"}]}
+    update = _pool("p", {"cidr": "198.19.50.0/24"}, {"cidr": "198.19.60.0/24"})
+    old = _pool("p", {"cidr": "198.19.50.0/24"})
     assert validate_external_ip_pool("UPDATE", update, old, existing) is None
 
 
 def test_update_that_removes_or_changes_ranges_is_denied_with_antreas_message():
-    old = _pool("p", {"cidr": "10.7.0.0/28"}, {"start": "10.7.1.1", "end": "10.7.1.9"})
-    new = _pool("p", {"cidr": "10.7.0.0/29"})
+    old = _pool("p", {"cidr": "198.19.70.0/28"}, {"start": "198.19.71.1", "end": "198.19.71.9"})
+    new = _pool("p", {"cidr": "198.19.70.0/29"})
     assert (
         validate_external_ip_pool("UPDATE", new, old, {"p": old["spec"]["ipRanges"]})
-        == "existing IPRanges [10.7.0.0/28 10.7.1.1-10.7.1.9] cannot be updated or deleted"
+        == "existing IPRanges [198.19.70.0/28 198.19.71.1-198.19.71.9] cannot be updated or deleted"
     )
 
 
 @pytest.mark.parametrize(
     ("pool", "message"),
     [
-        (_pool("x", {"cidr": "10.8.0.0"}), "invalid cidr 10.8.0.0"),
+        (_pool("x", {"cidr": "198.19.80.0"}), "invalid cidr 198.19.80.0"),
         (
-            _pool("x", {"start": "10.8.0.9", "end": "10.8.0.1"}),
-            "range start 10.8.0.9 should not be greater than range end 10.8.0.1",
+            _pool("x", {"start": "198.19.80.9", "end": "198.19.80.1"}),
+            "range start 198.19.80.9 should not be greater than range end 198.19.80.1",
         ),
         (
-            _pool("x", {"start": "10.8.0.1", "end": "fd00::1"}),
-            "range start 10.8.0.1 and range end fd00::1 should belong to same family",
+            _pool("x", {"start": "198.19.80.1", "end": "fd00::1"}),
+            "range start 198.19.80.1 and range end fd00::1 should belong to same family",
         ),
         (
-            _pool("x", {"cidr": "10.8.0.0/24"}, {"cidr": "10.8.0.128/25"}),
-            "range [10.8.0.128/25] overlaps with range [10.8.0.0/24]",
+            _pool("x", {"cidr": "198.19.80.0/24"}, {"cidr": "198.19.80.128/25"}),
+            "range [198.19.80.128/25] overlaps with range [198.19.80.0/24]",
         ),
         (
-            _pool("x", {"cidr": "10.8.1.0/24"}, subnet={"gateway": "10.8.0.1", "prefixLength": 24}),
-            "range [10.8.1.0/24] must be a strict subset of the subnet 10.8.0.1/24",
+            _pool(
+                "x",
+                {"cidr": "198.19.81.0/24"},
+                subnet={"gateway": "198.19.80.1", "prefixLength": 24},
+            ),
+            "range [198.19.81.0/24] must be a strict subset of the subnet 198.19.80.1/24",
         ),
         (
-            _pool("x", {"cidr": "10.8.0.0/28"}, subnet={"gateway": "10.8.0.1", "prefixLength": 32}),
+            _pool(
+                "x",
+                {"cidr": "198.19.80.0/28"},
+                subnet={"gateway": "198.19.80.1", "prefixLength": 32},
+            ),
             "invalid prefixLength 32",
         ),
     ],
@@ -103,7 +113,7 @@ def test_invalid_pools_get_antreas_messages(pool, message):
 
 
 def test_delete_is_always_admitted():
-    old = _pool("p", {"cidr": "10.9.0.0/24"})
+    old = _pool("p", {"cidr": "198.19.90.0/24"})
     assert validate_external_ip_pool("DELETE", None, old, {}) is None
 
 

@@ -149,7 +149,9 @@ class PoolCache:
             try:
                 for event in self._watch.stream(
                     self._api.list_cluster_custom_object,
-                    GROUP, VERSION, PLURAL,
+                    GROUP,
+                    VERSION,
+                    PLURAL,
                     label_selector=self.label_selector,
                     resource_version=resource_version,
                 ):
@@ -159,8 +161,11 @@ class PoolCache:
                     with self._cond:
                         self._pending.append(
                             _Event(
-                                time.monotonic(), event["type"], obj["metadata"]["name"],
-                                _rv(obj), _ranges(obj),
+                                time.monotonic(),
+                                event["type"],
+                                obj["metadata"]["name"],
+                                _rv(obj),
+                                _ranges(obj),
                             )
                         )
                         self._cond.notify_all()

@@ -5,9 +5,9 @@ each range is normalised to [start, end], checked against the subnet, against th
 other ranges of the same pool and against every range of every other pool the
 caller's cache holds. Messages are Antrea's, byte for byte:
 
-    range [10.20.30.0/24] overlaps with range [10.20.0.0/16] of ExternalIPPool qux
-    range [10.2.0.10-10.2.0.20] overlaps with range [10.2.0.0/24] of ExternalIPPool a
-    existing IPRanges [10.2.0.0/24] cannot be updated or deleted
+    range [198.18.30.0/24] overlaps with range [198.18.0.0/16] of ExternalIPPool qux
+    range [198.19.20.10-198.19.20.20] overlaps with range [198.19.20.0/24] of ExternalIPPool a
+    existing IPRanges [198.19.20.0/24] cannot be updated or deleted
 
 Antrea walks its lister in map order, so with several overlaps it may name any
 one of them; here pools are visited by name so the answer is deterministic.

@@ -12,13 +12,13 @@ API
     from tests.stalecache.webhook import StaleCacheWebhook, denied, overlap_message
 
     with StaleCacheWebhook(kubeconfig, lag=3.0) as hook:   # start() ... stop()
-        hook.create_pool("a", [{"cidr": "10.9.0.0/30"}])   # labelled for this lab
+        hook.create_pool("a", [{"cidr": "198.19.90.0/30"}])   # labelled for this lab
         hook.wait_cached("a")                               # the cache has seen it
         hook.delete_pool("a")
-        hook.create_pool("b", [{"cidr": "10.9.0.0/30"}])   # raises ApiException (403):
-        # api_error_message(exc) == denied(overlap_message("10.9.0.0/30", "10.9.0.0/30", "a"))
+        hook.create_pool("b", [{"cidr": "198.19.90.0/30"}])   # raises ApiException (403):
+        # api_error_message(exc) == denied(overlap_message("198.19.90.0/30", "198.19.90.0/30", "a"))
         hook.wait_cached("a", present=False)                # after `lag` seconds
-        hook.create_pool("b", [{"cidr": "10.9.0.0/30"}])   # now admitted
+        hook.create_pool("b", [{"cidr": "198.19.90.0/30"}])   # now admitted
         hook.lag = 0                                        # settable at any time
 
 StaleCacheWebhook(kubeconfig, lag=0.0, lab_id=None, timeout_seconds=5)
@@ -82,7 +82,7 @@ def denied(message: str) -> str:
 
 
 def overlap_message(new_range: str, existing_range: str, pool: str) -> str:
-    """Antrea's overlap denial; ranges as "10.0.0.0/24" or "10.0.0.1-10.0.0.9"."""
+    """Antrea's overlap denial; ranges as "198.19.0.0/24" or "198.19.0.1-198.19.0.9"."""
     return f"range [{new_range}] overlaps with range [{existing_range}] of ExternalIPPool {pool}"
 
 
@@ -293,9 +293,9 @@ class StaleCacheWebhook:
 
         if self._client is not None:
             try:
-                k8s.AdmissionregistrationV1Api(self._client).delete_validating_webhook_configuration(
-                    self.config_name
-                )
+                k8s.AdmissionregistrationV1Api(
+                    self._client
+                ).delete_validating_webhook_configuration(self.config_name)
             except ApiException as exc:
                 if exc.status != 404:
                     log.warning("removing webhook %s: %s", self.config_name, exc.reason)
@@ -326,8 +326,11 @@ class StaleCacheWebhook:
         name = (obj.get("metadata") or {}).get("name") or request.get("name", "")
         annotations = (obj.get("metadata") or {}).get("annotations") or {}
         if annotations.get(PROBE_ANNOTATION):
-            return {"uid": request["uid"], "allowed": False,
-                    "status": {"message": self._probe_message()}}
+            return {
+                "uid": request["uid"],
+                "allowed": False,
+                "status": {"message": self._probe_message()},
+            }
         assert self.cache is not None
         lag = self._lag
         if lag == 0:
@@ -348,8 +351,12 @@ class StaleCacheWebhook:
         with self._lock:
             self.decisions.append(decision)
         log.info(
-            "lab %s %s %s: %s (cache: %s)", self.lab_id, decision.operation, name,
-            "allowed" if decision.allowed else f"denied: {message}", ", ".join(decision.cached),
+            "lab %s %s %s: %s (cache: %s)",
+            self.lab_id,
+            decision.operation,
+            name,
+            "allowed" if decision.allowed else f"denied: {message}",
+            ", ".join(decision.cached),
         )
         response: dict[str, Any] = {"uid": request["uid"], "allowed": message is None}
         if message:
