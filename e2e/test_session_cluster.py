@@ -9,9 +9,9 @@ from fixtures.render import node_names
 pytestmark = pytest.mark.controlplane
 
 
-def test_every_node_of_the_profile_is_registered_and_ready(cluster, api_client):
+def test_every_node_of_the_profile_is_registered_and_ready(cluster, k8s):
     profile = load_profile(cluster.profile)
-    nodes = client.CoreV1Api(api_client).list_node().items
+    nodes = client.CoreV1Api(k8s).list_node().items
     names = sorted(n.metadata.name for n in nodes)
     assert names == sorted(node_names(profile, cluster.name))
     not_ready = [
