@@ -69,3 +69,18 @@ def test_unknown_address_plan_is_a_usage_error(suite):
     result = suite.run("--address-plan", "lan", "e2e")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "invalid choice: 'lan'" in result.stderr.str()
+
+
+@pytest.mark.parametrize(
+    "args", [["--collect-only", "-q"], ["--markers"], ["--fixtures"], ["--help"]]
+)
+def test_collecting_and_listing_never_provision(suite, args):
+    """--provider kind with no kind would fail at once if any of these tried to provision."""
+    result = suite.run("--provider", "kind", *args, "e2e")
+    assert result.ret == 0, result.stdout.str()[-2000:] + result.stderr.str()[-2000:]
+
+
+def test_without_xdist_there_is_no_internal_error(suite):
+    result = suite.run("-p", "no:xdist", "tests")
+    result.assert_outcomes(passed=1)
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
