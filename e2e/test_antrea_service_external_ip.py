@@ -25,6 +25,7 @@ from fixtures.netns import external_client, has_netns_privileges, kind_node_netn
 from fixtures.probes import Outcome, parse_clientip
 from fixtures.render import node_names
 from fixtures.routes import NodeEndpoint, dsr_return_routes, harness_routes
+from fixtures.verdicts import assert_every_backend_answers, probe_every_backend
 from fixtures.workloads import agnhost_deployment, exec_on_node
 
 DEPLOYMENT = register(Resource("apps/v1", "Deployment", "deployments", namespaced=True))
@@ -67,18 +68,20 @@ def _node_endpoints(k8s, names):
 
 
 def _owner_of(prober, ip, endpoints):
-    """Which node answers ARP/NDP for the external IP, seen from the kind network."""
-    result = prober.owner(ip, source=endpoints[0].netns, count=3)
-    assert not result.split_brain, f"split brain for {ip}: {result}"
-    assert result.ok, f"nobody answers ARP/NDP for {ip}: {result}"
+    """Which node answers ARP/NDP for the external IP, seen from the kind network.
+
+    A node does not answer its own ARP request, so when the first node hears nobody it
+    may be the owner itself: a second node then asks, and must hear the first one.
+    """
     macs = {link_mac(e.netns, "eth0"): e for e in endpoints}
-    owner = macs.get(result.owner)
-    if owner is None:
-        # the owner may be the probing node itself (it does not answer its own ARP)
-        others = [e for e in endpoints[1:] if link_mac(e.netns, "eth0") == result.owner]
-        assert others, f"{ip} is answered by {result.owner}, which is no node's eth0"
-        owner = others[0]
-    return owner
+    for asking in endpoints[:2]:
+        result = prober.owner(ip, source=asking.netns, count=3)
+        assert not result.split_brain, f"split brain for {ip}: {result}"
+        if result.ok:
+            owner = macs.get(result.owner)
+            assert owner is not None, f"{ip} is answered by {result.owner}, no node's eth0"
+            return owner
+    raise AssertionError(f"nobody answers ARP/NDP for {ip}, asked from two nodes: {result}")
 
 
 @pytest.mark.dataplane
@@ -119,13 +122,21 @@ def test_external_ip_is_reachable_from_an_external_client_in_dsr_mode(
             endpoints, owner=owner.name, client=ext.address, lb_mode="dsr"
         ) as routes:
             assert set(routes) == {e.name for e in endpoints} - {owner.name}
-            seen_hosts = set()
-            for _ in range(6):  # bounded: enough to reach both backends
-                r = prober.http(ext_ip, PORT, "/hostname", source=ext.netns, count=5)
-                assert r.outcome is Outcome.REACHABLE, f"DSR return path broken: {r}"
-                seen_hosts.add((r.body or "").strip())
-            assert seen_hosts, "no backend answered"
-            clientip = prober.http(ext_ip, PORT, "/clientip", source=ext.netns, count=5)
+            # single attempts, each a fresh connection: a failed one is never retried away
+            backends = {
+                p.metadata.name
+                for p in kclient.CoreV1Api(k8s)
+                .list_namespaced_pod(namespace, label_selector="app=backend")
+                .items
+            }
+            coverage = probe_every_backend(
+                lambda: prober.http(ext_ip, PORT, "/hostname", source=ext.netns, count=1),
+                ext_ip,
+                backends,
+                attempts=6 * len(backends),
+            )
+            assert_every_backend_answers(coverage)
+            clientip = prober.http(ext_ip, PORT, "/clientip", source=ext.netns, count=1)
             assert clientip.outcome is Outcome.REACHABLE, str(clientip)
             ip, _port = parse_clientip(clientip.body or "")
             assert ip == ext.address, f"DSR must preserve the client IP, the backend saw {ip}"
