@@ -12,6 +12,7 @@ import re
 import pytest
 from kubernetes.client.exceptions import ApiException
 
+from fixtures import upstream_messages
 from fixtures.antrea import EXTERNAL_IP_POOL, external_ip_pool
 from fixtures.kube import (
     delete_and_wait,
@@ -77,8 +78,10 @@ def test_existing_ranges_cannot_be_changed(k8s, objects, ip_range_factory):
 
     with pytest.raises(ApiException) as err:
         update_object(k8s, EXTERNAL_IP_POOL, name, replace_range)
-    assert "cannot be updated or deleted" in api_status(err.value).message
-    assert "existing IPRanges" in api_status(err.value).message
+    message = api_status(err.value).message
+    assert upstream_messages.match("antrea.range-immutable", message), (
+        f"expected one of {upstream_messages.describe('antrea.range-immutable')}, got {message}"
+    )
 
 
 def test_pool_usage_counts_the_usable_addresses(k8s, objects, ip_range):

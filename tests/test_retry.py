@@ -551,3 +551,36 @@ def test_summary_without_xdist_counts_the_process_own_retries(retry_suite):
     result = retry_suite.runpytest_subprocess("-p", "no:cacheprovider", timeout=120)
     result.assert_outcomes(passed=1)
     assert _summary(result)[0] == "connection: 1"
+
+
+@pytest.mark.parametrize(
+    ("key", "message", "group"),
+    [
+        (
+            "antrea.pool-overlap",
+            "range [10.20.30.0/24] overlaps with range [10.20.0.0/16] of ExternalIPPool qux",
+            "qux",
+        ),
+        (
+            "antrea.pool-overlap",
+            "range [169.254.100.0/30] overlaps with range [169.254.100.0/30] of pool p-86dtz",
+            "p-86dtz",
+        ),
+        (
+            "antrea.range-immutable",
+            "existing IPRanges [10.0.0.0/24] cannot be updated or deleted",
+            "10.0.0.0/24",
+        ),
+        (
+            "antrea.range-immutable",
+            "existing IPRanges [10.0.0.0/24] cannot be deleted",
+            "10.0.0.0/24",
+        ),
+    ],
+)
+def test_every_wording_of_the_supported_versions_is_recognised(key, message, group):
+    from fixtures import upstream_messages
+
+    found = upstream_messages.match(key, message)
+    assert found is not None
+    assert group in found.groups()
