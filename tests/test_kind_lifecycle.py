@@ -104,6 +104,9 @@ def test_dns_resolves_service_names_inside_the_cluster(cluster):
 
 @pytest.mark.skipif(not os.environ.get("CNI_E2E_FAIL_ON_PURPOSE"), reason="not asked to fail")
 def test_fails_on_purpose_for_diagnostics(cluster, k8s):
+    from fixtures.diagnostics import kubeconfig_secrets
+
+    record(cluster, "secrets", sorted(kubeconfig_secrets(cluster.kubeconfig)))
     assert False, "deliberate failure: diagnostics must be collected"
 """
 
@@ -182,22 +185,21 @@ def test_three_workers_share_one_cluster_created_once_and_deleted_once_with_no_p
     assert node_files, f"no per-node diagnostics under {artifacts}: {listing}"
     assert "198.19.2" in node_files[0].read_text()  # the node's own testnet network
     assert any(p.name == "kubelet.log" for p in artifacts.rglob("*")), "no kind export logs"
-    kubeconfig_secrets = _secrets_seen(out)
-    assert not kubeconfig_secrets, kubeconfig_secrets
+    # no credential of the real kubeconfig in any artifact or in the output
+    (secrets,) = [r["value"] for r in suite.records("secrets")]
+    assert secrets, "the kubeconfig had no client credentials to look for"
+    leaked = [
+        str(p)
+        for p in artifacts.rglob("*")
+        if p.is_file() and any(x in p.read_text(errors="replace") for x in secrets)
+    ]
+    assert not leaked, f"kubeconfig credentials in artifacts: {leaked}"
+    assert not any(x in out for x in secrets), "kubeconfig credentials in the output"
     assert packets.inside > 0, "the counter saw no cluster traffic at all: it is not counting"
     assert packets.outside == 0, f"{packets.outside} packets left for outside the test ranges"
     assert HostState.now().mine(name).empty(), HostState.now().mine(name)
     assert f"cluster: {name}  deleted at the end of the session" in out
     assert not (suite.path / ".pytest-kind" / name).exists(), "kubeconfig of a deleted cluster"
-
-
-def _secrets_seen(text: str) -> list[str]:
-    """Client keys/certs of any kubeconfig pattern that appear in text."""
-    return [
-        m
-        for m in ("BEGIN RSA PRIVATE KEY", "BEGIN EC PRIVATE KEY", "client-key-data:")
-        if m in text
-    ]
 
 
 @pytest.fixture(scope="module")
