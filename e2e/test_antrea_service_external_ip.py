@@ -162,6 +162,7 @@ def _owner_within(prober, ip, endpoints, accept, seconds):
 
 @pytest.mark.dataplane
 @pytest.mark.disruptive
+@pytest.mark.node_failure
 @pytest.mark.needs_root
 @pytest.mark.xdist_group("antrea-agent-freeze")
 @pytest.mark.requires(data_plane=True, nodes=3)

@@ -27,6 +27,7 @@ from fixtures.workloads import AGNHOST_IMAGE, kubectl
 
 pytestmark = [
     pytest.mark.kubeovn,
+    pytest.mark.vpc_nat_gw,
     pytest.mark.dataplane,
     pytest.mark.disruptive,
     pytest.mark.xdist_group("kubeovn-vpc-nat-gw"),

@@ -33,6 +33,7 @@ from fixtures.workloads import kubectl
 
 pytestmark = [
     pytest.mark.submariner,
+    pytest.mark.globalingressip,
     pytest.mark.disruptive,
     pytest.mark.xdist_group("submariner-globalnet"),
     pytest.mark.requires(addons=["globalnet"], data_plane=True),
