@@ -6,7 +6,6 @@ import configparser
 import json
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -21,8 +20,9 @@ pytest_plugins = ["pytester"]
 
 
 def _registered_markers() -> list[str]:
-    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
-    return list(pyproject["tool"]["pytest"]["ini_options"]["markers"])
+    from fixtures.markers import marker_lines
+
+    return marker_lines()
 
 
 def _script(*args: str) -> subprocess.CompletedProcess[str]:
