@@ -6,7 +6,18 @@ allocated (fixed by PR #3341). Correct behaviour, checked here on the broker
 cluster of the submariner-globalnet profile: a restart keeps the IP; a missing
 internal Service is recreated with the same IP; a transient API failure during
 start-up keeps the IP. These restart the globalnet pods, so they run serialised.
+
+Each test watches the GlobalIngressIP and its internal Service from before the
+restart until after it (fixtures.submariner.IngressIPWatcher) and judges the whole
+history with assert_ip_kept, so an IP that changes and changes back, or is released
+for a moment, fails too. "After the restart" is proven, never assumed: the globalnet
+pods are new (no uid from before) and Ready, and a GlobalIngressIP created after
+that was allocated by them. Upstream's GlobalIngressIP controller reserves the IPs
+of the existing GlobalIngressIPs (the start-up pass where #3336 lived) before its
+syncer allocates for new ones, so that allocation shows the start-up pass is over.
 """
+
+import re
 
 import pytest
 from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
@@ -14,22 +25,29 @@ from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
 from fixtures.kube import (
     SERVICE,
     get_object,
+    request,
     update_object,
     wait_for_condition,
 )
 from fixtures.submariner import (
     CLUSTER_ROLE,
+    DAEMON_SET,
     EXPORTED_SERVICE_LABEL,
     GLOBAL_INGRESS_IP,
     GLOBALNET_DAEMONSET,
     GLOBALNET_POD_LABEL,
     SUBMARINER_NAMESPACE,
+    IngressIPWatcher,
+    PodReading,
     allocated_ip,
+    assert_ip_kept,
     cluster_ip_service,
+    globalnet_pods,
     internal_service_name,
+    restarted,
     service_export,
 )
-from fixtures.workloads import kubectl
+from fixtures.workloads import ExecResult, kubectl
 
 pytestmark = [
     pytest.mark.submariner,
@@ -39,8 +57,20 @@ pytestmark = [
     pytest.mark.requires(addons=["globalnet"], data_plane=True),
 ]
 
+RESTART_TIMEOUT = 180.0
+
+
+def _ok(result: ExecResult) -> ExecResult:
+    """The kubectl result, failing the test with its stderr unless it exited 0."""
+    assert result.returncode == 0, (
+        f"`kubectl {' '.join(result.argv)}` exited {result.returncode}: "
+        f"{(result.stderr or result.stdout).strip()[-2000:]}"
+    )
+    return result
+
 
 def _exported_ip(k8s, objects, namespace, name):
+    """Export a fresh ClusterIP Service and return the IP globalnet allocated for it."""
     objects.create(cluster_ip_service(name))
     objects.create(service_export(name))
     giip = wait_for_condition(
@@ -55,72 +85,110 @@ def _exported_ip(k8s, objects, namespace, name):
     return allocated_ip(giip)
 
 
-def _restart_globalnet(cluster):
-    """Delete the globalnet pods and wait for the DaemonSet to be ready again."""
-    _restart_pods_only(cluster)
-    result = kubectl(
-        cluster.kubeconfig,
-        "-n",
-        SUBMARINER_NAMESPACE,
-        "rollout",
-        "status",
-        f"daemonset/{GLOBALNET_DAEMONSET}",
-        "--timeout=180s",
-        timeout=200,
+def _delete_globalnet_pods(cluster, k8s) -> tuple[PodReading, ...]:
+    """Delete the globalnet pods (waiting until they are gone); returns the pods deleted."""
+    before = globalnet_pods(k8s)
+    assert before, f"no globalnet pods ({GLOBALNET_POD_LABEL}) in {SUBMARINER_NAMESPACE}"
+    _ok(
+        kubectl(
+            cluster.kubeconfig,
+            "-n",
+            SUBMARINER_NAMESPACE,
+            "delete",
+            "pod",
+            "-l",
+            GLOBALNET_POD_LABEL,
+            "--wait=true",
+            timeout=120,
+        )
     )
-    assert result.returncode == 0, f"globalnet did not come back: {result.stderr}"
+    return before
 
 
-def _internal_service(k8s, namespace, name):
-    svc = get_object(k8s, SERVICE, internal_service_name(name), namespace)
-    if svc is not None:
-        assert svc["metadata"]["labels"].get(EXPORTED_SERVICE_LABEL) == name
-    return svc
+def _wait_restarted(k8s, before, watcher) -> tuple[PodReading, ...]:
+    """Wait until every globalnet pod is a new one and Ready: the proof the restart happened."""
+    seen: list[tuple[PodReading, ...]] = []
+
+    def poll():
+        seen.append(globalnet_pods(k8s))
+        return seen[-1]
+
+    now = Retrying(
+        stop=stop_after_delay(RESTART_TIMEOUT),
+        wait=wait_fixed(2),
+        retry=retry_if_result(lambda pods: not restarted(before, pods)),
+        retry_error_callback=lambda state: state.outcome.result(),
+    )(poll)
+    assert restarted(before, now), (
+        f"globalnet did not restart within {RESTART_TIMEOUT:g}s: before {before}, now {now}"
+    )
+    watcher.mark(
+        "globalnet restarted: " + ", ".join(f"{p.name} (started {p.start_time})" for p in now)
+    )
+    return now
+
+
+def _wait_startup_pass_done(k8s, objects, namespace, watcher, ip) -> None:
+    """A GlobalIngressIP created now is allocated only after the start-up pass has run."""
+    probe_ip = _exported_ip(k8s, objects, namespace, "probe")
+    assert probe_ip != ip, f"globalnet gave the probe the IP it had allocated to web: {ip}"
+    watcher.mark(f"restarted globalnet allocated {probe_ip} to probe: start-up pass done")
+    watcher.wait_for(
+        lambda h: h.settled_ip is not None,
+        timeout=120,
+        description="GlobalIngressIP and internal Service agree on an IP",
+    )
+
+
+def _restart_and_judge(k8s, cluster, objects, namespace, ip, watcher) -> None:
+    before = _delete_globalnet_pods(cluster, k8s)
+    watcher.mark(f"deleted globalnet pods {[p.name for p in before]}")
+    _wait_restarted(k8s, before, watcher)
+    _wait_startup_pass_done(k8s, objects, namespace, watcher, ip)
+    assert_ip_kept(watcher.stop(), ip)
 
 
 def test_restart_keeps_the_allocated_ip(k8s, cluster, objects, namespace):
     ip = _exported_ip(k8s, objects, namespace, "web")
-    svc = _internal_service(k8s, namespace, "web")
-    assert svc is not None and svc["spec"].get("externalIPs") == [ip]
-    _restart_globalnet(cluster)
-    giip = wait_for_condition(k8s, GLOBAL_INGRESS_IP, "web", allocated_ip, namespace, timeout=120)
-    assert allocated_ip(giip) == ip, (
-        f"global IP changed across a restart: {ip} -> {allocated_ip(giip)}"
-    )
+    svc = get_object(k8s, SERVICE, internal_service_name("web"), namespace)
+    assert svc is not None, f"no internal Service {internal_service_name('web')} for web"
+    assert svc["metadata"]["labels"].get(EXPORTED_SERVICE_LABEL) == "web"
+    assert svc["spec"].get("externalIPs") == [ip]
+    with IngressIPWatcher(k8s, namespace, "web") as watcher:
+        _restart_and_judge(k8s, cluster, objects, namespace, ip, watcher)
 
 
 def test_missing_internal_service_is_recreated_with_the_same_ip(k8s, cluster, objects, namespace):
     ip = _exported_ip(k8s, objects, namespace, "web")
     name = internal_service_name("web")
     # the internal Service carries a globalnet finalizer: drop it so the Service really goes
-    kubectl(
-        cluster.kubeconfig,
-        "-n",
-        namespace,
-        "patch",
-        "service",
-        name,
-        "--type=merge",
-        "-p",
-        '{"metadata":{"finalizers":null}}',
+    _ok(
+        kubectl(
+            cluster.kubeconfig,
+            "-n",
+            namespace,
+            "patch",
+            "service",
+            name,
+            "--type=merge",
+            "-p",
+            '{"metadata":{"finalizers":null}}',
+        )
     )
-    kubectl(cluster.kubeconfig, "-n", namespace, "delete", "service", name, "--wait=true")
-    _restart_globalnet(cluster)
+    _ok(kubectl(cluster.kubeconfig, "-n", namespace, "delete", "svc", name, "--wait=true"))
+    # from here on the Service may be absent, but never carry another IP, and must come back
+    with IngressIPWatcher(k8s, namespace, "web") as watcher:
+        _restart_and_judge(k8s, cluster, objects, namespace, ip, watcher)
 
-    def recreated(obj):
-        return bool(obj) and (obj.get("spec") or {}).get("externalIPs") == [ip]
 
-    wait_for_condition(
-        k8s,
-        SERVICE,
-        name,
-        recreated,
-        namespace,
-        timeout=120,
-        description=f"internal Service recreated with externalIPs [{ip}]",
+def _forbidden_service_reads(log_text: str, role_user: str) -> list[str]:
+    """The log lines where the API server refused globalnet a read of Services."""
+    pattern = re.compile(
+        r'services(?: "[^"]+")? is forbidden: User "'
+        + re.escape(role_user)
+        + r'" cannot (?:get|list|watch) resource "services" in API group ""'
     )
-    giip = get_object(k8s, GLOBAL_INGRESS_IP, "web", namespace)
-    assert allocated_ip(giip) == ip
+    return [line for line in log_text.splitlines() if pattern.search(line)]
 
 
 def test_transient_api_error_at_restart_keeps_the_ip(k8s, cluster, objects, namespace):
@@ -131,12 +199,17 @@ def test_transient_api_error_at_restart_keeps_the_ip(k8s, cluster, objects, name
     must keep its global IP throughout.
     """
     ip = _exported_ip(k8s, objects, namespace, "web")
-    roles = kubectl(cluster.kubeconfig, "get", "clusterrole", "-o", "name")
-    role = next((r.split("/", 1)[1] for r in roles.stdout.split() if "globalnet" in r), None)
+    roles = request(k8s, "GET", CLUSTER_ROLE.path())["items"]
+    role = next((r for r in roles if "globalnet" in r["metadata"]["name"]), None)
     if role is None:
         pytest.fail("no ClusterRole for globalnet found (kubectl get clusterrole | grep globalnet)")
-    original = get_object(k8s, CLUSTER_ROLE, role)
-    assert original is not None
+    role_name = role["metadata"]["name"]
+    rules = role["rules"]
+    daemonset = get_object(k8s, DAEMON_SET, GLOBALNET_DAEMONSET, SUBMARINER_NAMESPACE)
+    assert daemonset is not None, f"no DaemonSet {SUBMARINER_NAMESPACE}/{GLOBALNET_DAEMONSET}"
+    account = daemonset["spec"]["template"]["spec"].get("serviceAccountName")
+    assert account, f"DaemonSet {GLOBALNET_DAEMONSET} names no serviceAccountName"
+    user = f"system:serviceaccount:{SUBMARINER_NAMESPACE}:{account}"
 
     def without_service_reads(obj):
         for rule in obj.get("rules") or []:
@@ -144,51 +217,48 @@ def test_transient_api_error_at_restart_keeps_the_ip(k8s, cluster, objects, name
                 rule["verbs"] = [v for v in rule["verbs"] if v not in ("get", "list", "watch")]
         return obj
 
-    update_object(k8s, CLUSTER_ROLE, role, without_service_reads)
-    try:
-        _restart_pods_only(cluster)
-        # let the new pod meet the Forbidden errors: poll its log, bounded in time
-        saw_forbidden = Retrying(
-            stop=stop_after_delay(60),
-            wait=wait_fixed(2),
-            retry=retry_if_result(lambda seen: not seen),
-            retry_error_callback=lambda _: False,
-        )(
-            lambda: (
-                "forbidden"
-                in kubectl(
-                    cluster.kubeconfig,
-                    "-n",
-                    SUBMARINER_NAMESPACE,
-                    "logs",
-                    "-l",
-                    GLOBALNET_POD_LABEL,
-                    "--tail=200",
-                    timeout=30,
-                ).stdout.lower()
-            )
+    with IngressIPWatcher(k8s, namespace, "web") as watcher:
+        update_object(k8s, CLUSTER_ROLE, role_name, without_service_reads)
+        watcher.mark(f"revoked get/list/watch of services from ClusterRole {role_name}")
+        try:
+            before = _delete_globalnet_pods(cluster, k8s)
+            watcher.mark(f"deleted globalnet pods {[p.name for p in before]}")
+            last: list[ExecResult] = []
+
+            def forbidden_lines() -> list[str]:
+                # the old pods are gone (delete --wait): every pod with the label is new
+                last.append(
+                    kubectl(
+                        cluster.kubeconfig,
+                        "-n",
+                        SUBMARINER_NAMESPACE,
+                        "logs",
+                        "-l",
+                        GLOBALNET_POD_LABEL,
+                        "--tail=-1",
+                        "--prefix",
+                        timeout=30,
+                    )
+                )
+                if last[-1].returncode != 0:  # a container not started yet: not yet
+                    return []
+                return _forbidden_service_reads(last[-1].stdout, user)
+
+            hit = Retrying(
+                stop=stop_after_delay(90),
+                wait=wait_fixed(2),
+                retry=retry_if_result(lambda lines: not lines),
+                retry_error_callback=lambda state: state.outcome.result(),
+            )(forbidden_lines)
+        finally:
+            update_object(k8s, CLUSTER_ROLE, role_name, lambda o: {**o, "rules": rules})
+            watcher.mark(f"restored ClusterRole {role_name}")
+        assert hit, (
+            "the restarted globalnet never logged a Forbidden read of services, so the test "
+            f"proved nothing; last `kubectl logs` exit {last[-1].returncode if last else '-'}: "
+            f"{(last[-1].stderr if last else '').strip()[-1000:]}"
         )
-    finally:
-        rules = original["rules"]
-        update_object(k8s, CLUSTER_ROLE, role, lambda o: {**o, "rules": rules})
-    assert saw_forbidden, "globalnet never hit the injected error; the test proved nothing"
-    giip = wait_for_condition(k8s, GLOBAL_INGRESS_IP, "web", allocated_ip, namespace, timeout=180)
-    assert allocated_ip(giip) == ip, (
-        f"globalnet released {ip} after a transient error at start-up and allocated "
-        f"{allocated_ip(giip)} (Submariner #3336)"
-    )
-
-
-def _restart_pods_only(cluster):
-    result = kubectl(
-        cluster.kubeconfig,
-        "-n",
-        SUBMARINER_NAMESPACE,
-        "delete",
-        "pod",
-        "-l",
-        GLOBALNET_POD_LABEL,
-        "--wait=true",
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
+        watcher.mark(f"globalnet met the injected error: {hit[0].strip()[:300]}")
+        _wait_restarted(k8s, before, watcher)
+        _wait_startup_pass_done(k8s, objects, namespace, watcher, ip)
+        assert_ip_kept(watcher.stop(), ip)

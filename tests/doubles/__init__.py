@@ -1,0 +1,1 @@
+"""Bug doubles: small in-process stand-ins for upstream controllers, buggy and fixed."""
