@@ -265,7 +265,8 @@ def test_a_failing_gate_names_itself_shows_the_object_and_leaves_nothing(suite):
     gate = re.search(rf"readiness gate '([^']+)' failed for cluster {name} within 1s", out)
     assert gate, out[-3000:]
     # the object that did not get ready is shown, whichever gate it was
-    assert re.search(r"--- get \S+ -o yaml ---\n(apiVersion|items|kind)", out), out[-3000:]
+    shown = r"--- (?:-n \S+ )?get \S+ -o yaml ---\n(apiVersion|items|kind)"
+    assert re.search(shown, out), out[-3000:]
     assert before.empty() and HostState.now().mine(name).empty(), HostState.now().mine(name)
 
 
