@@ -8,20 +8,21 @@ the gateway, so they run serialised on one worker.
 """
 
 import pytest
-from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from fixtures.kube import POD, delete_and_wait, unique_name, wait_for_condition
 from fixtures.kubeovn import (
     EIP,
     FIP,
+    check_until_settled,
+    cluster_observer,
     eip,
     fip,
     gateway_pod,
     is_ready,
     nat_gateway,
-    read_gateway,
     vpc,
     vpc_subnet,
+    wait_for_race_window,
 )
 from fixtures.workloads import AGNHOST_IMAGE, kubectl
 
@@ -35,7 +36,10 @@ pytestmark = [
 ]
 
 VPC_CIDR, VPC_GW, LAN_IP = "10.0.1.0/24", "10.0.1.1", "10.0.1.254"
-SETTLE = 60.0  # seconds a ready EIP may take to show up on net1 before it counts as missing
+SETTLE = 180.0  # seconds the gateway may take to re-apply everything after a restart
+RESTART = 300.0  # seconds for the new gateway pod to come up and the EIPs to be marked for it
+TICK = 2.0  # the gateway's data plane sends no events: re-read it at least this often
+SETTLE_AFTER = 3  # clean observations in a row that count as settled
 
 
 @pytest.fixture
@@ -87,6 +91,7 @@ def _pod_ip(k8s, objects, namespace, name):
         timeout=180,
         description="pod IP",
     )
+    assert pod is not None  # the condition needs an object
     return pod["status"]["podIP"]
 
 
@@ -96,27 +101,8 @@ def _eip_with_fip(k8s, objects, namespace, gw, ip_range, index):
     internal = _pod_ip(k8s, objects, namespace, f"backend{index}")
     f = objects.create(fip(unique_name(f"fip{index}", 4), e, internal))["metadata"]["name"]
     wait_for_condition(k8s, EIP, e, is_ready, timeout=120, description="EIP ready")
+    wait_for_condition(k8s, FIP, f, is_ready, timeout=120, description="FIP ready")
     return e, f, ip, internal
-
-
-def _assert_ready_means_configured(k8s, cluster, gw, eips):
-    """Every ready EIP shows up on net1 within SETTLE seconds; else name it (Kube-OVN #5114)."""
-
-    def missing():
-        state = read_gateway(cluster.kubeconfig, gw)
-        return [(name, ip) for name, ip in eips if not state.has_eip(ip)]
-
-    left = Retrying(
-        stop=stop_after_delay(SETTLE),
-        wait=wait_fixed(3),
-        retry=retry_if_result(bool),
-        retry_error_callback=lambda rs: rs.outcome.result(),
-    )(missing)
-    assert not left, (
-        f"IptablesEIP(s) ready=true but absent from net1 of {gateway_pod(gw)} after {SETTLE:.0f}s: "
-        + ", ".join(f"{n} ({ip})" for n, ip in left)
-        + " (Kube-OVN #5114: ready must mean configured)"
-    )
 
 
 @pytest.mark.ip_range(prefix=28, family=4)
@@ -124,10 +110,10 @@ def test_a_ready_eip_and_its_fip_are_configured_on_the_gateway(
     k8s, cluster, objects, namespace, gateway, ip_range
 ):
     e, _f, ip, internal = _eip_with_fip(k8s, objects, namespace, gateway, ip_range, 0)
-    state = read_gateway(cluster.kubeconfig, gateway)
-    assert state.has_eip(ip), (
-        f"{e} is ready but {ip} is not on net1: {sorted(state.net1_addresses)}"
-    )
+    with cluster_observer(k8s, cluster.kubeconfig, gateway, tick=TICK) as observe:
+        settled = check_until_settled(observe, settle_after=SETTLE_AFTER, timeout=SETTLE)
+    state = settled.last.gateway
+    assert state.has_eip(ip), f"{e} is ready but {ip} is not on net1 of {state.who}"
     assert state.has_fip(ip, internal), f"no EXCLUSIVE_DNAT/SNAT rules for {ip} <-> {internal}"
 
 
@@ -137,22 +123,21 @@ def test_deleting_a_fip_while_the_gateway_restarts_leaves_no_unconfigured_ready_
 ):
     first = _eip_with_fip(k8s, objects, namespace, gateway, ip_range, 0)
     second = _eip_with_fip(k8s, objects, namespace, gateway, ip_range, 1)
-    result = kubectl(
-        cluster.kubeconfig,
-        "-n",
-        "kube-system",
-        "delete",
-        "pod",
-        gateway_pod(gateway),
-        "--wait=false",
-    )
-    assert result.returncode == 0, result.stderr
-    # the trigger of #5114: a FIP deleted while its gateway re-applies everything
-    delete_and_wait(k8s, FIP, first[1], timeout=120)
-    for name, *_ in (first, second):
-        wait_for_condition(k8s, EIP, name, is_ready, timeout=300, description="EIP ready again")
-    _assert_ready_means_configured(
-        k8s, cluster, gateway, [(first[0], first[2]), (second[0], second[2])]
-    )
-    state = read_gateway(cluster.kubeconfig, gateway)
+    pod = gateway_pod(gateway)
+    with cluster_observer(k8s, cluster.kubeconfig, gateway, tick=TICK) as observe:
+        before = check_until_settled(observe, settle_after=1, timeout=SETTLE).last.gateway
+        result = kubectl(
+            cluster.kubeconfig, "-n", "kube-system", "delete", "pod", pod, "--wait=false"
+        )
+        assert result.returncode == 0, f"kubectl delete pod {pod}: {result.stderr.strip()}"
+        # the window #5114 needs: every EIP ready=false with redo=<new pod>, not yet on its net1
+        window = wait_for_race_window(observe, replaced_uid=before.pod_uid, timeout=RESTART)
+        assert window.pod_uid != before.pod_uid
+        # the trigger: a FIP deleted while its EIP waits for the new gateway pod
+        delete_and_wait(k8s, FIP, first[1], timeout=120)
+        settled = check_until_settled(observe, settle_after=SETTLE_AFTER, timeout=SETTLE)
+    state = settled.last.gateway
+    assert state.pod_uid == window.pod_uid, f"the gateway pod changed again: {state.who}"
+    assert state.has_eip(first[2]) and state.has_eip(second[2]), sorted(state.net1_addresses)
     assert state.has_fip(second[2], second[3]), "the surviving FIP was not re-applied"
+    assert not state.has_fip(first[2], first[3]), "the deleted FIP's rules are still there"
