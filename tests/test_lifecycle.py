@@ -84,3 +84,16 @@ def test_without_xdist_there_is_no_internal_error(suite):
     result = suite.run("-p", "no:xdist", "tests")
     result.assert_outcomes(passed=1)
     assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+
+
+def test_an_external_kubeconfig_names_the_session_after_its_cluster(tmp_path):
+    from fixtures.plugins.cluster import kubeconfig_cluster_name
+
+    kc = tmp_path / "kc"
+    kc.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: kind-blue\n"
+        "contexts:\n- name: kind-blue\n  context: {cluster: kind-blue, user: kind-blue}\n"
+    )
+    assert kubeconfig_cluster_name(kc) == "blue"
+    kc.write_text("not: [valid")
+    assert kubeconfig_cluster_name(kc) is None
