@@ -14,6 +14,7 @@ import re
 import secrets
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 from fixtures.offline_images import flannel_image, offline_node_image
 from fixtures.providers.kind import KindProvider
@@ -57,6 +59,18 @@ def require_kind() -> KindProvider:
             pytest.fail(f"{REQUIRE_ENV}=1 but real kind cannot run: {why}")
         pytest.skip(f"real kind clusters cannot run here: {why}")
     return provider
+
+
+# One real cluster at a time on this machine: two at once on two cores made kubelets miss
+# kubeadm's start-up deadline. Re-entrant within a process (one FileLock object).
+_SLOT = FileLock(str(Path(tempfile.gettempdir()) / "cni-e2e-real-kind.lock"), timeout=2400)
+
+
+@contextmanager
+def kind_slot() -> Iterator[None]:
+    """Hold the machine's real-kind slot for the block (waits for other runs' tests)."""
+    with _SLOT:
+        yield
 
 
 def unique_cluster_name(what: str) -> str:

@@ -29,10 +29,10 @@ from fixtures.lifecycle import SessionCluster, provision, teardown
 from fixtures.offline_images import offline_node_image
 from fixtures.profiles import load_profile
 from fixtures.render import HostSetup, render_install_plan
-from tests.kind_support import REPO, HostState, require_kind, unique_cluster_name
+from tests.kind_support import REPO, HostState, kind_slot, require_kind, unique_cluster_name
 
 pytest_plugins = ["pytester"]
-pytestmark = [pytest.mark.kind, pytest.mark.xdist_group("real-kind-mlb")]
+pytestmark = [pytest.mark.kind, pytest.mark.xdist_group("real-kind")]
 
 PROFILE = "metallb-l2"
 FAULT_ENV = "CNI_E2E_FAULT"
@@ -168,7 +168,9 @@ def _missing_images(provider: Any, profile: Any) -> str | None:
 
 
 @pytest.fixture(scope="module")
-def mlb_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SessionCluster]:
+def mlb_cluster(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[SessionCluster]:
     """One metallb-l2 cluster for the module, deleted with its network (also on failure)."""
     provider = require_kind()
     profile = apply_plan(load_profile(PROFILE), "testnet")
@@ -176,6 +178,9 @@ def mlb_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SessionClu
     if why is not None:
         pytest.skip(f"profile {PROFILE} cannot run here: {why}")
     name = unique_cluster_name("mlb")
+    slot = kind_slot()
+    slot.__enter__()  # one real cluster at a time on this machine, held for the module
+    request.addfinalizer(lambda: slot.__exit__(None, None, None))
     host = HostSetup(quirks=detect_host_quirks(), offline=True, address_plan="testnet")
     workdir = tmp_path_factory.mktemp("mlb") / name
     made: list[Any] = []

@@ -31,6 +31,7 @@ from tests.kind_support import (
     bridge_of,
     count_packets,
     docker,
+    kind_slot,
     node_events,
     require_kind,
     unique_cluster_name,
@@ -114,6 +115,11 @@ def test_fails_on_purpose_for_diagnostics(cluster, k8s):
 @pytest.fixture
 def suite(pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     require_kind()
+    with kind_slot():
+        yield _suite(pytester, tmp_path, monkeypatch)
+
+
+def _suite(pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     pytester.makeconftest('pytest_plugins = ["fixtures.plugins"]\n')
     pytester.makeini("[pytest]\n")
     (pytester.path / "e2e").mkdir()
@@ -203,9 +209,12 @@ def test_three_workers_share_one_cluster_created_once_and_deleted_once_with_no_p
 
 
 @pytest.fixture(scope="module")
-def existing_cluster(tmp_path_factory: pytest.TempPathFactory):
+def existing_cluster(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest):
     """A cluster made through the library (as scripts/cluster would), deleted at the end."""
     provider = require_kind()
+    slot = kind_slot()
+    slot.__enter__()  # held for the module: its tests share this cluster
+    request.addfinalizer(lambda: slot.__exit__(None, None, None))
     name = unique_cluster_name("reuse")
     profile = apply_plan(load_profile(PROFILE), "testnet")
     host = HostSetup(quirks=detect_host_quirks(), offline=True, address_plan="testnet")
