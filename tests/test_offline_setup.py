@@ -68,7 +68,7 @@ def test_kind_network_candidates_are_distinct_testnet_slash_24s():
 
 def test_in_testnet_rejects_private_and_public_space():
     assert in_testnet("198.19.200.3") and in_testnet("2001:db8::1")
-    assert not in_testnet("10.244.0.0/16") and not in_testnet("8.8.8.8")
+    assert not in_testnet("192.0.2.0/24") and not in_testnet("203.0.113.7")
     assert not in_testnet("fd00:10:244::/56")
 
 

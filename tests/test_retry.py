@@ -558,7 +558,7 @@ def test_summary_without_xdist_counts_the_process_own_retries(retry_suite):
     [
         (
             "antrea.pool-overlap",
-            "range [10.20.30.0/24] overlaps with range [10.20.0.0/16] of ExternalIPPool qux",
+            "range [198.18.30.0/24] overlaps with range [198.18.0.0/16] of ExternalIPPool qux",
             "qux",
         ),
         (
@@ -568,13 +568,13 @@ def test_summary_without_xdist_counts_the_process_own_retries(retry_suite):
         ),
         (
             "antrea.range-immutable",
-            "existing IPRanges [10.0.0.0/24] cannot be updated or deleted",
-            "10.0.0.0/24",
+            "existing IPRanges [198.18.9.0/24] cannot be updated or deleted",
+            "198.18.9.0/24",
         ),
         (
             "antrea.range-immutable",
-            "existing IPRanges [10.0.0.0/24] cannot be deleted",
-            "10.0.0.0/24",
+            "existing IPRanges [198.18.9.0/24] cannot be deleted",
+            "198.18.9.0/24",
         ),
     ],
 )
