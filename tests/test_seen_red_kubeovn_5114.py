@@ -67,7 +67,7 @@ class Pair:
 
 
 def make_pair(k8s, gw: NatGatewayDouble, index: int) -> Pair:
-    ip, internal = f"198.51.100.{10 + index}", f"10.0.1.{10 + index}"
+    ip, internal = f"198.51.100.{10 + index}", f"198.18.1.{10 + index}"
     e = unique_name(f"eip{index}", 5)
     f = unique_name(f"fip{index}", 5)
     create_with_retry(k8s, eip(e, gw.gateway, v4ip=ip))
@@ -133,8 +133,8 @@ POD_A = GatewayState.parse(
     "uid-a",
     "2025-03-01T10:00:07Z",
     "3: net1    inet 198.51.100.10/24 brd 198.51.100.255 scope global net1",
-    "-A EXCLUSIVE_DNAT -d 198.51.100.10/32 -j DNAT --to-destination 10.0.1.10\n"
-    "-A EXCLUSIVE_SNAT -s 10.0.1.10/32 -j SNAT --to-source 198.51.100.10",
+    "-A EXCLUSIVE_DNAT -d 198.51.100.10/32 -j DNAT --to-destination 198.18.1.10\n"
+    "-A EXCLUSIVE_SNAT -s 198.18.1.10/32 -j SNAT --to-source 198.51.100.10",
 )
 
 
@@ -156,8 +156,8 @@ def fip_obj(name: str, eip_name: str, internal: str, ready: bool = True) -> dict
 
 def test_a_ready_fip_without_its_nat_rules_is_a_violation():
     eips = [eip_obj("e0", "198.51.100.10", True)]
-    assert ready_implies_configured(eips, POD_A, [fip_obj("f0", "e0", "10.0.1.10")]) == []
-    (v,) = ready_implies_configured(eips, POD_A, [fip_obj("f1", "e0", "10.0.1.99")])
+    assert ready_implies_configured(eips, POD_A, [fip_obj("f0", "e0", "198.18.1.10")]) == []
+    (v,) = ready_implies_configured(eips, POD_A, [fip_obj("f1", "e0", "198.18.1.99")])
     assert (v.fip, v.eip, v.pod_uid) == ("f1", "e0", "uid-a")
     assert "EXCLUSIVE_DNAT/SNAT" in str(v)
 
