@@ -24,12 +24,10 @@ from kubernetes import config as kconfig
 
 from fixtures import metallb as mlb
 from fixtures.addressing import apply_plan
-from fixtures.hostquirks import detect_host_quirks
-from fixtures.lifecycle import SessionCluster, provision, teardown
-from fixtures.offline_images import offline_node_image
+from fixtures.lifecycle import SessionCluster
 from fixtures.profiles import load_profile
 from fixtures.render import HostSetup, render_install_plan
-from tests.kind_support import REPO, HostState, kind_slot, require_kind, unique_cluster_name
+from tests.kind_support import REPO, provisioned_cluster, require_kind
 
 pytest_plugins = ["pytester"]
 pytestmark = [pytest.mark.kind, pytest.mark.xdist_group("real-kind")]
@@ -168,42 +166,14 @@ def _missing_images(provider: Any, profile: Any) -> str | None:
 
 
 @pytest.fixture(scope="module")
-def mlb_cluster(
-    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
-) -> Iterator[SessionCluster]:
+def mlb_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SessionCluster]:
     """One metallb-l2 cluster for the module, deleted with its network (also on failure)."""
     provider = require_kind()
-    profile = apply_plan(load_profile(PROFILE), "testnet")
-    why = _missing_images(provider, profile)
+    why = _missing_images(provider, apply_plan(load_profile(PROFILE), "testnet"))
     if why is not None:
         pytest.skip(f"profile {PROFILE} cannot run here: {why}")
-    name = unique_cluster_name("mlb")
-    slot = kind_slot()
-    slot.__enter__()  # one real cluster at a time on this machine, held for the module
-    request.addfinalizer(lambda: slot.__exit__(None, None, None))
-    host = HostSetup(quirks=detect_host_quirks(), offline=True, address_plan="testnet")
-    workdir = tmp_path_factory.mktemp("mlb") / name
-    made: list[Any] = []
-    try:
-        session = provision(
-            profile,
-            provider,
-            base=name,
-            workdir=workdir,
-            image=offline_node_image(),
-            host=host,
-            on_created=made.append,
-        )
-        try:
-            yield session
-        finally:
-            teardown(session, provider)
-    finally:
-        for plan in made:  # provisioning failed part-way: remove what it made
-            if provider.exists(plan.name):
-                provider.delete(plan)
-    left = HostState.now().mine(name)
-    assert left.empty(), f"the seen-red cluster left things behind: {left}"
+    with provisioned_cluster(PROFILE, "mlb", tmp_path_factory.mktemp("mlb")) as session:
+        yield session
 
 
 @pytest.fixture

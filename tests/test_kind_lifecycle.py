@@ -15,14 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from fixtures.addressing import apply_plan, kind_network_candidates
+from fixtures.addressing import kind_network_candidates
 from fixtures.engine import ensure_test_image
-from fixtures.hostquirks import detect_host_quirks
-from fixtures.lifecycle import provision, teardown
-from fixtures.offline_images import offline_node_image
-from fixtures.profiles import load_profile
 from fixtures.providers import NetworkPlan
-from fixtures.render import HostSetup
 from tests.kind_support import (
     BASE_ARGS,
     PROFILE,
@@ -33,6 +28,7 @@ from tests.kind_support import (
     docker,
     kind_slot,
     node_events,
+    provisioned_cluster,
     require_kind,
     unique_cluster_name,
 )
@@ -209,34 +205,10 @@ def test_three_workers_share_one_cluster_created_once_and_deleted_once_with_no_p
 
 
 @pytest.fixture(scope="module")
-def existing_cluster(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest):
+def existing_cluster(tmp_path_factory: pytest.TempPathFactory):
     """A cluster made through the library (as scripts/cluster would), deleted at the end."""
-    provider = require_kind()
-    slot = kind_slot()
-    slot.__enter__()  # held for the module: its tests share this cluster
-    request.addfinalizer(lambda: slot.__exit__(None, None, None))
-    name = unique_cluster_name("reuse")
-    profile = apply_plan(load_profile(PROFILE), "testnet")
-    host = HostSetup(quirks=detect_host_quirks(), offline=True, address_plan="testnet")
-    workdir = tmp_path_factory.mktemp("existing") / name
-    made = []
-    try:
-        session = provision(
-            profile,
-            provider,
-            base=name,
-            workdir=workdir,
-            image=offline_node_image(),
-            host=host,
-            on_created=made.append,
-        )
+    with provisioned_cluster(PROFILE, "reuse", tmp_path_factory.mktemp("existing")) as session:
         yield session
-        teardown(session, provider)
-    finally:
-        for plan in made:  # provisioning itself failed: remove what it made
-            if provider.exists(plan.name):
-                provider.delete(plan)
-    assert HostState.now().mine(name).empty(), HostState.now().mine(name)
 
 
 def test_an_existing_cluster_is_reused_and_left_in_place(suite, existing_cluster):
