@@ -16,13 +16,17 @@ pytestmark = [
 
 
 def test_service_gets_an_ip_from_its_own_pool_and_releases_it(
-    k8s, ip_range, lb_pool, backends, lb_service, objects
+    k8s, ip_range, lb_pool, backends, lb_service
 ):
-    pool = lb_pool()
-    svc = lb_service(pool, backends(replicas=1))
+    # one address: the second Service can only get it once the first one released it
+    only = ip_range.first_host
+    pool = lb_pool([f"{only}/32"])
+    b = backends(replicas=1)
+    svc = lb_service(pool, b)
     assert ipaddress.ip_address(svc.ip) in ip_range.network, (
         f"{svc.namespace}/{svc.name} got {svc.ip}, outside its pool {ip_range.cidr}"
     )
+    assert svc.ip == str(only), f"{svc.namespace}/{svc.name} got {svc.ip}, its pool is {only}/32"
     core = kclient.CoreV1Api(k8s)
     core.delete_namespaced_service(svc.name, svc.namespace)
 
@@ -34,9 +38,13 @@ def test_service_gets_an_ip_from_its_own_pool_and_releases_it(
         return None
 
     assert wait_for("service deleted", gone, 30), f"{svc.name} was not deleted within 30s"
-    # released: a new Service pinned to the same pool (one address left) gets that IP again
-    again = lb_service(pool, backends(name="again", replicas=1), name="lb2")
-    assert again.ip == svc.ip or ipaddress.ip_address(again.ip) in ip_range.network
+    try:
+        again = lb_service(pool, b, name="lb2", timeout=30)
+    except AllocationPending as exc:
+        raise AssertionError(
+            f"{svc.ip} was not released when {svc.namespace}/{svc.name} was deleted: {exc}"
+        ) from exc
+    assert again.ip == svc.ip, f"{again.name} got {again.ip}, the pool's only address is {only}"
 
 
 def test_exhausted_pool_leaves_the_service_pending_with_the_providers_event(

@@ -43,6 +43,7 @@ FAULT_CONFTEST = r'''
 """Fault injection for the seen-red runs: CNI_E2E_FAULT names one fault; unset, none."""
 
 import os
+import subprocess
 
 import pytest
 from kubernetes import client as kclient
@@ -101,7 +102,12 @@ def backends(backends, request):
 
 @pytest.fixture
 def lb_service(lb_service, request):
-    """unadvertised: the pool's L2Advertisement removed after its IP was announced."""
+    """unadvertised: the pool's L2Advertisement removed after its IP was announced.
+
+    stopped-controller: MetalLB's controller scaled to 0 once the first Service has its IP
+    (back to 1 at teardown), so nothing it allocated is released while the test runs."""
+    if FAULT == "stopped-controller":
+        return _stopping_controller(lb_service, request)
     if FAULT != "unadvertised":
         return lb_service
     external_ip = request.getfixturevalue("external_ip")
@@ -128,8 +134,79 @@ def lb_service(lb_service, request):
 
 
 @pytest.fixture
+def external_client(external_client, request):
+    """ignores-garp: the client drops gratuitous ARP for its test's range (arptables in
+    the client container's own namespace), as clients that never accept GARP do."""
+    if FAULT != "ignores-garp":
+        yield external_client
+        return
+    cidr = request.getfixturevalue("ip_range").cidr
+    argv = ["nsenter", f"--net={external_client.netns.path}", "arptables"]
+    rule = ["INPUT", "-s", cidr, "-d", cidr, "-j", "DROP"]
+    subprocess.run([*argv, "-A", *rule], check=True, capture_output=True, timeout=30)
+    yield external_client
+    counters = subprocess.run(
+        [*argv, "-L", "INPUT", "-n", "-v"], capture_output=True, text=True, timeout=30
+    )
+    print(f"client arptables after the test: {counters.stdout.strip()}")
+
+
+def _stopping_controller(lb_service, request):
+    apps = kclient.AppsV1Api(request.getfixturevalue("k8s"))
+    stopped = []
+
+    def scale(replicas):
+        apps.patch_namespaced_deployment_scale(
+            "controller", mlb.NAMESPACE, {"spec": {"replicas": replicas}}
+        )
+
+    def expose(pool, backends, **kwargs):
+        svc = lb_service(pool, backends, **kwargs)
+        if not stopped:
+            scale(0)
+            stopped.append(True)
+            gone = wait_for(
+                "controller pods gone",
+                lambda: True
+                if not kclient.CoreV1Api(apps.api_client).list_namespaced_pod(
+                    mlb.NAMESPACE, label_selector="component=controller"
+                ).items
+                else None,
+                120,
+            )
+            if gone is None:
+                raise ExternalIPError("fault injection: controller pods still there after 120s")
+        return svc
+
+    def restore():
+        if not stopped:
+            return
+        scale(1)
+
+        def available():
+            d = apps.read_namespaced_deployment("controller", mlb.NAMESPACE)
+            return True if (d.status.available_replicas or 0) >= 1 else None
+
+        if wait_for("controller available again", available, 120) is None:
+            raise ExternalIPError("fault injection: MetalLB controller not back within 120s")
+
+    request.addfinalizer(restore)
+    return expose
+
+
+@pytest.fixture
 def lb_pool(lb_pool, request):
-    """one-node-advertisement: the pool announced only from the first worker."""
+    """one-node-advertisement: the pool announced only from the first worker.
+
+    wrong-pool: the pool the scenario asks for is made from another test range, as a
+    provider that hands out addresses from outside the Service's pool would do."""
+    if FAULT == "wrong-pool":
+        other = request.getfixturevalue("ip_range_factory")()
+
+        def elsewhere(addresses=None, name=None):
+            return lb_pool([other.cidr] if addresses is None else [f"{other.first_host}/32"], name)
+
+        return elsewhere
     if FAULT != "one-node-advertisement":
         return lb_pool
     external_ip = request.getfixturevalue("external_ip")
@@ -349,3 +426,67 @@ def test_pool_validation_fails_fast_with_metallbs_overlap_message_when_a_live_po
     assert red.seconds < 60, f"the overlap was retried instead of failing at once: {red.seconds}"
     green = sc.run(monkeypatch, None)
     green.result.assert_outcomes(passed=2)
+
+
+@pytest.mark.seen_red("external_ip:allocation")
+def test_allocation_fails_naming_the_address_a_provider_hands_out_from_outside_the_pool(
+    scenario, monkeypatch
+):
+    """The pool the scenario binds its Service to is made from another test range.
+
+    The inner conftest's lb_pool wrapper creates the IPAddressPool from a second range
+    (ip_range_factory), as a provider ignoring the Service's pool would allocate; MetalLB
+    itself is unchanged and really allocates.
+    """
+    sc = scenario("test_external_ip_allocation.py")
+    select = ("-k", "own_pool")
+    red = run_red(sc, monkeypatch, "wrong-pool", select)
+    red.result.assert_outcomes(failed=1, deselected=1)
+    assert re.search(r"got \S+, outside its pool \S+", red.errors), red.errors
+    green = sc.run(monkeypatch, None, *select)
+    green.result.assert_outcomes(passed=1, deselected=1)
+
+
+@pytest.mark.seen_red("external_ip:allocation")
+def test_allocation_fails_naming_the_ip_a_deleted_service_never_released(scenario, monkeypatch):
+    """MetalLB's controller Deployment is scaled to 0 once the first Service has its IP.
+
+    A controller that does not process the deletion keeps the address allocated: the
+    scenario's second Service, on the same one-address pool, must then stay pending and
+    the failure must name the address that was not released. (SIGSTOP was tried first:
+    the kubelet's liveness probe restarts a frozen controller within the scenario's 30 s.)
+    Scaled back to 1 at teardown.
+    """
+    sc = scenario("test_external_ip_allocation.py")
+    select = ("-k", "own_pool")
+    red = run_red(sc, monkeypatch, "stopped-controller", select)
+    red.result.assert_outcomes(failed=1, deselected=1)
+    assert re.search(r"\S+ was not released when \S+/lb was deleted", red.errors), red.errors
+    green = sc.run(monkeypatch, None, *select)
+    green.result.assert_outcomes(passed=1, deselected=1)
+
+
+@pytest.mark.seen_red("external_ip:failback")
+def test_failback_fails_naming_both_macs_when_the_client_ignores_gratuitous_arp(
+    scenario, monkeypatch
+):
+    """The fake client drops every gratuitous ARP for its test's range (arptables).
+
+    MetalLB is unchanged: its resumed speaker really takes the IP back and announces it.
+    The client, like one that never accepts gratuitous ARP, keeps the interim owner's MAC
+    (traffic through that node keeps the entry confirmed); the scenario must fail naming
+    both MACs. Without the rule the client follows the announcement and the scenario passes.
+    (The first version probed ARP ownership from the client itself and passed with the
+    rule in: the probes' ARP replies updated the client's entry. Hence the observer.)
+    """
+    sc = scenario("test_external_ip_failback.py")
+    red = run_red(sc, monkeypatch, "ignores-garp", ())
+    red.result.assert_outcomes(failed=1)
+    assert re.search(
+        r"client \S+ still sends \S+ to [0-9a-f:]{17} \(\S+-worker2?, \w+\) \d+s after the "
+        r"resume, .*\(([0-9a-f:]{17})\) was again the only node answering ARP",
+        red.errors,
+    ), red.errors
+    assert re.search(r"-j DROP .*pcnt=[1-9]", red.out), red.out  # GARPs were sent and dropped
+    green = sc.run(monkeypatch, None)
+    green.result.assert_outcomes(passed=1)
