@@ -5,13 +5,13 @@ import ipaddress
 import pytest
 from kubernetes import client as kclient
 
-from fixtures.external_ip import AllocationPending, wait_for
+from fixtures.external_ip import ADAPTED_PROVIDERS, AllocationPending, wait_for
 
 pytestmark = [
     pytest.mark.external_ip,
     pytest.mark.ext_allocation,
     pytest.mark.dataplane,
-    pytest.mark.requires(lb_provider="metallb"),
+    pytest.mark.requires(lb_provider=ADAPTED_PROVIDERS),
 ]
 
 
@@ -47,8 +47,13 @@ def test_service_gets_an_ip_from_its_own_pool_and_releases_it(
     assert again.ip == svc.ip, f"{again.name} got {again.ip}, the pool's only address is {only}"
 
 
+# each provider's own word for an exhausted pool: MetalLB's Event reason, Cilium LB-IPAM's
+# IPAMRequestSatisfied=False condition reason (operator/pkg/lbipam)
+EXHAUSTED = {"metallb": "AllocationFailed", "cilium": "out_of_ips"}
+
+
 def test_exhausted_pool_leaves_the_service_pending_with_the_providers_event(
-    ip_range, lb_pool, backends, lb_service
+    external_ip, ip_range, lb_pool, backends, lb_service
 ):
     pool = lb_pool([f"{ip_range.first_host}/32"])
     b = backends(replicas=1)
@@ -57,5 +62,6 @@ def test_exhausted_pool_leaves_the_service_pending_with_the_providers_event(
     with pytest.raises(AllocationPending) as info:
         lb_service(pool, b, name="second", timeout=15)
     events = " | ".join(info.value.events)
-    assert "AllocationFailed" in events, f"no AllocationFailed event from MetalLB: {events}"
+    word = EXHAUSTED[external_ip.name]
+    assert word in events, f"no {word} from {external_ip.name}: {events}"
     print(f"pending as expected: {info.value}")

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from fixtures.external_ip import frozen, node_macs, wait_for
+from fixtures.external_ip import ADAPTED_PROVIDERS, frozen, node_macs, wait_for
 from fixtures.probes import Prober
 
 pytestmark = [
@@ -13,7 +13,7 @@ pytestmark = [
     pytest.mark.dataplane,
     pytest.mark.disruptive,
     pytest.mark.xdist_group("disruptive"),
-    pytest.mark.requires(lb_provider="metallb", l2_announcements=True),
+    pytest.mark.requires(lb_provider=ADAPTED_PROVIDERS, l2_announcements=True),
 ]
 
 

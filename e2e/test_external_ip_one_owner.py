@@ -2,14 +2,14 @@
 
 import pytest
 
-from fixtures.external_ip import node_macs, wait_for
+from fixtures.external_ip import ADAPTED_PROVIDERS, node_macs, wait_for
 from fixtures.probes import Prober
 
 pytestmark = [
     pytest.mark.external_ip,
     pytest.mark.ext_one_owner,
     pytest.mark.dataplane,
-    pytest.mark.requires(lb_provider="metallb", l2_announcements=True),
+    pytest.mark.requires(lb_provider=ADAPTED_PROVIDERS, l2_announcements=True),
 ]
 
 

@@ -3,16 +3,19 @@
 import pytest
 from kubernetes.client.exceptions import ApiException
 
+from fixtures.external_ip import ADAPTED_PROVIDERS
 from fixtures.retry import CREATE, RETRY_STATS
 
 pytestmark = [
     pytest.mark.external_ip,
     pytest.mark.ext_pool_validation,
     pytest.mark.controlplane,
-    pytest.mark.requires(lb_provider="metallb"),
+    pytest.mark.requires(lb_provider=ADAPTED_PROVIDERS),
 ]
 
 
+# Cilium LB-IPAM flags overlaps in the pool's status instead: test_external_ip_pool_conflict.py
+@pytest.mark.requires(lb_provider="metallb")
 def test_overlapping_pool_is_rejected_with_the_webhooks_message(external_ip, lb_pool, ip_range):
     live = lb_pool()
     with pytest.raises(ApiException) as info:

@@ -2,14 +2,14 @@
 
 import pytest
 
-from fixtures.external_ip import wait_for
+from fixtures.external_ip import ADAPTED_PROVIDERS, wait_for
 from fixtures.probes import Prober, parse_clientip
 
 pytestmark = [
     pytest.mark.external_ip,
     pytest.mark.ext_reachability,
     pytest.mark.dataplane,
-    pytest.mark.requires(lb_provider="metallb"),
+    pytest.mark.requires(lb_provider=ADAPTED_PROVIDERS),
 ]
 
 PROBES = 40  # single-attempt probes per check; bounded in count and (timeout each) in time

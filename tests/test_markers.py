@@ -19,8 +19,10 @@ EXPECTED = {
     "dsr": {
         "test_antrea_service_external_ip.py": {
             "test_external_ip_is_reachable_from_an_external_client_in_dsr_mode"
-        }
+        },
+        "test_external_ip_dsr_return_path.py": None,
     },
+    "ext_dsr_return": {"test_external_ip_dsr_return_path.py": None},
     "node_failure": {
         "test_antrea_service_external_ip.py": {
             "test_external_ip_moves_off_a_frozen_node_and_comes_back"
