@@ -557,6 +557,45 @@ def test_failed_test_gets_artifacts_and_report_section_without_credentials(
     assert REDACTED in resources["ConfigMap"].read_text(), "the planted credential was scrubbed"
 
 
+NAMED_INNER = """
+def test_fails_on_the_cluster(cluster, k8s):
+    assert False, "deliberate failure: diagnostics must be collected"
+"""
+
+
+def test_a_kubeconfig_cluster_is_named_after_its_kubeconfig_cluster_in_summary_and_artifacts(
+    pytester: pytest.Pytester, control_plane: SessionCluster, monkeypatch, tmp_path
+):
+    doc = yaml.safe_load(control_plane.kubeconfig.read_text())
+    context = next(c for c in doc["contexts"] if c["name"] == doc["current-context"])
+    name = context["context"]["cluster"].removeprefix("kind-")
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    pytester.makeconftest('pytest_plugins = ["fixtures.plugins"]\n')
+    pytester.makeini("[pytest]\n")
+    pytester.makepyfile(test_named=NAMED_INNER)
+    artifacts = tmp_path / "artifacts"
+    result = pytester.runpytest_subprocess(
+        "-p",
+        "no:cacheprovider",
+        "-n",
+        "2",
+        f"--kubeconfig={control_plane.kubeconfig}",  # and no --cluster-name
+        f"--artifacts-dir={artifacts}",
+        timeout=120,
+    )
+    result.assert_outcomes(failed=1)
+    output = result.stdout.str() + result.stderr.str()
+    assert f"cni-e2e: profile antrea-encap on external: {name}" in output
+    assert f"cluster: {name}  kubeconfig: {control_plane.kubeconfig}" in output
+    failed = artifacts / artifact_dirname("test_named.py::test_fails_on_the_cluster")
+    assert (failed / name).is_dir(), sorted(p.name for p in failed.iterdir())
+    assert f"clusters: {name}" in (failed / "summary.txt").read_text()
+    # pytest-kind's default --cluster-name names nothing (the kubeconfig's path may hold
+    # .pytest-kind/, the harness's work directory)
+    assert "cluster: pytest-kind" not in output and "external: pytest-kind" not in output
+    assert "pytest-kind" not in {p.name for p in artifacts.rglob("*")}
+
+
 def test_label_for_test_is_a_valid_label_value_unique_per_test():
     value = label_for_test("e2e/test_x.py::test_y[a]")
     assert len(value) == 16 and value.isalnum() and value == value.lower()
