@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import stat
 import uuid
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ import yaml
 from fixtures.diagnostics import (
     REDACTED,
     ClusterTarget,
+    EventScope,
     ObjectRef,
     Redactor,
     Tools,
@@ -218,6 +220,122 @@ def test_collection_on_the_kwok_provider_says_what_it_skipped_and_why(
         assert "nodes are simulated" in skipped and "no CNI runs on this cluster" in skipped
     assert "no namespace labelled cni-e2e/test=" in skipped
     assert "ConfigMap/default/never-created: not found" in report.highlights
+
+
+def test_event_scope_keeps_the_named_objects_and_the_pods_of_their_controllers_only():
+    scope = EventScope(
+        frozenset({("Pod", "antrea-controller-7d9f8b6c5-x2k4z"), ("DaemonSet", "antrea-agent")}),
+        frozenset({("DaemonSet", "antrea-agent"), ("StatefulSet", "ovn-central")}),
+    )
+    assert scope.keeps("Pod", "antrea-controller-7d9f8b6c5-x2k4z")
+    assert scope.keeps("DaemonSet", "antrea-agent")
+    assert scope.keeps("Pod", "antrea-agent-q8z2m")  # also one that is gone by now
+    assert scope.keeps("Pod", "ovn-central-0")
+    assert not scope.keeps("Pod", "antrea-agent-extra-q8z2m")  # another DaemonSet's pod
+    assert not scope.keeps("Pod", "coredns-5d78c9869d-abcde")
+    assert not scope.keeps("Lease", "kube-scheduler")
+    assert not scope.keeps("Deployment", "antrea-agent")  # same name, other kind
+    assert not scope.keeps(None, None)
+    assert EventScope(everything=True).keeps("Lease", "kube-scheduler")
+
+
+@pytest.mark.needs_control_plane
+def test_failure_report_keeps_cni_and_touched_object_events_and_leaves_other_kube_system_events_out(
+    control_plane: SessionCluster, tmp_path
+):
+    """On the real API server: a CNI pod, a touched ConfigMap in kube-system and a touched
+    cluster-scoped object each get an event, and so do a pod and a Lease of other components."""
+    from kubernetes import client as k8s
+    from kubernetes import config as kconfig
+
+    tag = uuid.uuid4().hex[:5]
+    agent, touched_cm, other_ns = f"antrea-agent-{tag}", f"diag-touched-{tag}", f"diag-scope-{tag}"
+    api = kconfig.new_client_from_config(str(control_plane.kubeconfig))
+    v1 = k8s.CoreV1Api(api)
+    made_events: list[tuple[str, str]] = []
+
+    def event(namespace: str, name: str, reason: str, involved: dict, type_: str = "Warning"):
+        v1.create_namespaced_event(
+            namespace,
+            {
+                "metadata": {"name": f"{name}.{tag}"},
+                "type": type_,
+                "reason": reason,
+                "message": f"{reason} {tag}",
+                "involvedObject": involved,
+            },
+        )
+        made_events.append((namespace, f"{name}.{tag}"))
+
+    try:
+        v1.create_namespaced_pod(
+            "kube-system",
+            {
+                "metadata": {
+                    "name": agent,
+                    "labels": {"app": "antrea", "component": "antrea-agent"},
+                },
+                "spec": {"containers": [{"name": "c", "image": "localhost/cni-e2e/none:0"}]},
+            },
+        )
+        v1.create_namespaced_config_map("kube-system", {"metadata": {"name": touched_cm}})
+        v1.create_namespace({"metadata": {"name": other_ns}})
+        event(
+            "kube-system",
+            "agent",
+            "AgentBackOff",
+            {"kind": "Pod", "name": agent, "namespace": "kube-system"},
+        )
+        event(
+            "kube-system",
+            "cm",
+            "TouchedConfigMap",
+            {"kind": "ConfigMap", "name": touched_cm, "namespace": "kube-system"},
+            "Normal",
+        )
+        event(
+            "default", "ns", "TouchedNamespace", {"kind": "Namespace", "name": other_ns}, "Normal"
+        )
+        event(
+            "kube-system",
+            "dns",
+            "UnrelatedDNS",
+            {"kind": "Pod", "name": f"coredns-{tag}-x2k4z", "namespace": "kube-system"},
+        )
+        event(
+            "kube-system",
+            "lease",
+            "UnrelatedLease",
+            {"kind": "Lease", "name": "kube-scheduler", "namespace": "kube-system"},
+        )
+
+        touched = TouchedObjects()
+        touched.add("v1", "ConfigMap", touched_cm, namespace="kube-system")
+        touched.add("v1", "Namespace", other_ns)
+        target = ClusterTarget("c", control_plane.kubeconfig, control_plane.provider, "antrea")
+        report = collect_failure(
+            tmp_path / "out", [target], "tests/t.py::test_scope", touched, Redactor(), Tools()
+        )
+    finally:
+        for namespace, name in made_events:
+            v1.delete_namespaced_event(name, namespace)
+        v1.delete_namespaced_pod(agent, "kube-system", grace_period_seconds=0)
+        v1.delete_namespaced_config_map(touched_cm, "kube-system")
+        v1.delete_namespace(other_ns)
+        api.close()
+
+    kube_system = (tmp_path / "out" / "c" / "events" / "kube-system.txt").read_text()
+    assert f"AgentBackOff {tag}" in kube_system, kube_system
+    left_out = re.search(r"(\d+) other event\(s\) there left out", kube_system)
+    assert left_out and int(left_out.group(1)) >= 2, kube_system
+    objects = (tmp_path / "out" / "c" / "events" / "touched-objects.txt").read_text()
+    assert f"TouchedConfigMap {tag}" in objects and f"TouchedNamespace {tag}" in objects, objects
+    everything = "\n".join(
+        p.read_text() for p in (tmp_path / "out").rglob("*") if p.is_file()
+    ) + "\n".join(report.highlights)
+    for unrelated in ("UnrelatedDNS", "UnrelatedLease"):
+        assert unrelated not in everything, f"{unrelated}: an unrelated event reached the report"
+    assert any(f"AgentBackOff pod/{agent}" in h for h in report.highlights), report.highlights
 
 
 INNER_CONFTEST = """
@@ -437,6 +555,45 @@ def test_failed_test_gets_artifacts_and_report_section_without_credentials(
         for name, path in files.items():
             assert cred not in path.read_text(errors="replace"), f"credential in {name}"
     assert REDACTED in resources["ConfigMap"].read_text(), "the planted credential was scrubbed"
+
+
+NAMED_INNER = """
+def test_fails_on_the_cluster(cluster, k8s):
+    assert False, "deliberate failure: diagnostics must be collected"
+"""
+
+
+def test_a_kubeconfig_cluster_is_named_after_its_kubeconfig_cluster_in_summary_and_artifacts(
+    pytester: pytest.Pytester, control_plane: SessionCluster, monkeypatch, tmp_path
+):
+    doc = yaml.safe_load(control_plane.kubeconfig.read_text())
+    context = next(c for c in doc["contexts"] if c["name"] == doc["current-context"])
+    name = context["context"]["cluster"].removeprefix("kind-")
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    pytester.makeconftest('pytest_plugins = ["fixtures.plugins"]\n')
+    pytester.makeini("[pytest]\n")
+    pytester.makepyfile(test_named=NAMED_INNER)
+    artifacts = tmp_path / "artifacts"
+    result = pytester.runpytest_subprocess(
+        "-p",
+        "no:cacheprovider",
+        "-n",
+        "2",
+        f"--kubeconfig={control_plane.kubeconfig}",  # and no --cluster-name
+        f"--artifacts-dir={artifacts}",
+        timeout=120,
+    )
+    result.assert_outcomes(failed=1)
+    output = result.stdout.str() + result.stderr.str()
+    assert f"cni-e2e: profile antrea-encap on external: {name}" in output
+    assert f"cluster: {name}  kubeconfig: {control_plane.kubeconfig}" in output
+    failed = artifacts / artifact_dirname("test_named.py::test_fails_on_the_cluster")
+    assert (failed / name).is_dir(), sorted(p.name for p in failed.iterdir())
+    assert f"clusters: {name}" in (failed / "summary.txt").read_text()
+    # pytest-kind's default --cluster-name names nothing (the kubeconfig's path may hold
+    # .pytest-kind/, the harness's work directory)
+    assert "cluster: pytest-kind" not in output and "external: pytest-kind" not in output
+    assert "pytest-kind" not in {p.name for p in artifacts.rglob("*")}
 
 
 def test_label_for_test_is_a_valid_label_value_unique_per_test():

@@ -146,6 +146,24 @@ def test_watch_events_start_after_the_listed_resource_version(control_plane, k8s
     assert first["object"]["metadata"]["name"] == name
 
 
+def test_watch_events_with_a_label_selector_see_only_labelled_objects(control_plane, k8s, ns, name):
+    listed = request(k8s, "GET", CONFIG_MAP.path(ns))
+    create_with_retry(k8s, config_map(f"{name}-other", {"k": "v"}), namespace=ns)
+    labelled = config_map(name, {"k": "v"}, labels={"cni-e2e/watched": "yes"})
+    create_with_retry(k8s, labelled, namespace=ns)
+    events = watch_events(
+        k8s,
+        CONFIG_MAP,
+        namespace=ns,
+        label_selector="cni-e2e/watched=yes",
+        resource_version=listed["metadata"]["resourceVersion"],
+        timeout=10,
+    )
+    first = next(e for e in events if e["type"] != "BOOKMARK")
+    events.close()
+    assert (first["type"], first["object"]["metadata"]["name"]) == ("ADDED", name)
+
+
 def test_wait_for_condition_returns_on_the_watched_update(control_plane, k8s, ns, name):
     create_with_retry(k8s, config_map(name, {"phase": "pending"}), namespace=ns)
 

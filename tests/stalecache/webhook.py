@@ -1,9 +1,10 @@
 """StaleCacheWebhook: Antrea's ExternalIPPool validating webhook, with a cache that can lag.
 
 A real kube-apiserver calls it over TLS (a CA made per instance, IP SAN 127.0.0.1)
-through a ValidatingWebhookConfiguration with a URL clientConfig on 127.0.0.1, and it
-answers with Antrea's rules and messages (tests/stalecache/validator.py) computed from
-an informer-style cache (tests/stalecache/cache.py). With `lag` > 0 the cache shows
+through a ValidatingWebhookConfiguration with a URL clientConfig on 127.0.0.1 (the
+labs' admission machinery, tests/stalecache/admission.py), and it answers with
+Antrea's rules and messages (tests/stalecache/validator.py) computed from an
+informer-style cache (tests/stalecache/cache.py). With `lag` > 0 the cache shows
 each watch event that many seconds late, which reproduces upstream Antrea #6783:
 re-creating a just-deleted pool's range is denied because the cache still has the pool.
 
@@ -43,25 +44,18 @@ Helpers          pool_manifest(), create_pool(), delete_pool(), wait_cached(),
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 import secrets
-import ssl
-import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import yaml
-from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
-
+from . import admission
+from .admission import AdmissionServer, WebhookRoute, api_error_message
 from .cache import GROUP, PLURAL, VERSION, PoolCache
-from .certs import ServingCert, make_serving_cert
 from .validator import validate_external_ip_pool
 
 log = logging.getLogger("cni_e2e.stalecache")
@@ -72,26 +66,24 @@ WEBHOOK_NAME = "externalippoolvalidator.antrea.io"
 CONFIG_NAME = "crdvalidator.antrea.io"
 WEBHOOK_PATH = "/validate/externalippool"
 LAB_LABEL = "cni-e2e.io/stale-cache-lab"
-PROBE_ANNOTATION = "cni-e2e.io/webhook-probe"
-BIND_HOST = "127.0.0.1"
+
+__all__ = [
+    "StaleCacheWebhook",
+    "api_error_message",
+    "denied",
+    "ensure_crd",
+    "overlap_message",
+]
 
 
 def denied(message: str) -> str:
     """The message a client sees when the webhook denies: the API server's wrapping of ours."""
-    return f'admission webhook "{WEBHOOK_NAME}" denied the request: {message}'
+    return admission.denied(WEBHOOK_NAME, message)
 
 
 def overlap_message(new_range: str, existing_range: str, pool: str) -> str:
     """Antrea's overlap denial; ranges as "198.19.0.0/24" or "198.19.0.1-198.19.0.9"."""
     return f"range [{new_range}] overlaps with range [{existing_range}] of ExternalIPPool {pool}"
-
-
-def api_error_message(exc: Any) -> str:
-    """The Status message inside a kubernetes ApiException (falls back to its reason)."""
-    try:
-        return str(json.loads(exc.body)["message"])
-    except (TypeError, ValueError, KeyError):
-        return str(getattr(exc, "reason", exc))
 
 
 @dataclass(frozen=True)
@@ -105,38 +97,6 @@ class Decision:
     cached: tuple[str, ...]
     lag: float
     at: float  # time.monotonic()
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-
-    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-        if self.path.split("?")[0] != WEBHOOK_PATH:
-            self.send_error(404)
-            return
-        length = int(self.headers.get("Content-Length") or 0)
-        try:
-            review = json.loads(self.rfile.read(length))
-            response = self.server.webhook._review(review["request"])
-        except (ValueError, KeyError) as exc:
-            self.send_error(400, f"not an AdmissionReview: {exc}")
-            return
-        body = json.dumps(
-            {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response}
-        ).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        log.debug("webhook %s: " + format, self.server.webhook.lab_id, *args)
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    webhook: StaleCacheWebhook
 
 
 class StaleCacheWebhook:
@@ -159,10 +119,7 @@ class StaleCacheWebhook:
         self._lock = threading.Lock()
         self._client: Any = None
         self.cache: PoolCache | None = None
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-        self._tmp: tempfile.TemporaryDirectory[str] | None = None
-        self._cert: ServingCert | None = None
+        self._admission: AdmissionServer | None = None
         self.url = ""
 
     # --- lag ---------------------------------------------------------------------------------
@@ -179,8 +136,8 @@ class StaleCacheWebhook:
 
     @property
     def ca_pem(self) -> bytes:
-        assert self._cert is not None, "start() first"
-        return self._cert.ca_pem
+        assert self._admission is not None, "start() first"
+        return self._admission.ca_pem
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -194,111 +151,41 @@ class StaleCacheWebhook:
         from kubernetes import config as kconfig
 
         self._client = kconfig.new_client_from_config(str(self.kubeconfig))
-        ensure_crd(self._client)
-        self.cache = PoolCache(self._client, f"{LAB_LABEL}={self.lab_id}", self._lag)
-        self.cache.start()
-        self._serve()
-        self._register()
-        self._wait_until_called()
+        try:
+            ensure_crd(self._client)
+            self.cache = PoolCache(self._client, f"{LAB_LABEL}={self.lab_id}", self._lag)
+            self.cache.start()
+            route = WebhookRoute(
+                WEBHOOK_NAME,
+                WEBHOOK_PATH,
+                GROUP,
+                VERSION,
+                PLURAL,
+                self._decide,
+                probe=lambda name: self.pool_manifest(name, [{"cidr": "192.0.2.0/32"}]),
+            )
+            self._admission = AdmissionServer(
+                self._client,
+                self.config_name,
+                self.labels,
+                [route],
+                timeout_seconds=self.timeout_seconds,
+            )
+            self._admission.start()
+        except BaseException:
+            self.stop()
+            raise
+        self.url = self._admission.url_of(route)
         log.info("stale-cache webhook %s serving %s (lag %.1fs)", self.lab_id, self.url, self._lag)
         return self
 
-    def _serve(self) -> None:
-        self._cert = make_serving_cert(BIND_HOST)
-        self._tmp = tempfile.TemporaryDirectory(prefix="stale-cache-webhook-")
-        chain, key = Path(self._tmp.name) / "tls.crt", Path(self._tmp.name) / "tls.key"
-        chain.write_bytes(self._cert.cert_pem)
-        key.touch(mode=0o600)
-        key.write_bytes(self._cert.key_pem)
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        ctx.load_cert_chain(chain, key)
-        server = _Server((BIND_HOST, 0), _Handler)
-        server.webhook = self
-        server.socket = ctx.wrap_socket(server.socket, server_side=True)
-        self._server = server
-        self.url = f"https://{BIND_HOST}:{server.server_address[1]}{WEBHOOK_PATH}"
-        self._thread = threading.Thread(
-            target=server.serve_forever, name=f"stale-cache-webhook-{self.lab_id}", daemon=True
-        )
-        self._thread.start()
-
-    def _register(self) -> None:
-        from kubernetes import client as k8s
-
-        assert self._cert is not None
-        body = {
-            "apiVersion": "admissionregistration.k8s.io/v1",
-            "kind": "ValidatingWebhookConfiguration",
-            "metadata": {"name": self.config_name, "labels": dict(self.labels)},
-            "webhooks": [
-                {
-                    "name": WEBHOOK_NAME,
-                    "clientConfig": {
-                        "url": self.url,
-                        "caBundle": base64.b64encode(self._cert.ca_pem).decode(),
-                    },
-                    "rules": [
-                        {
-                            "operations": ["CREATE", "UPDATE"],
-                            "apiGroups": [GROUP],
-                            "apiVersions": [VERSION],
-                            "resources": [PLURAL],
-                            "scope": "Cluster",
-                        }
-                    ],
-                    "objectSelector": {"matchLabels": dict(self.labels)},
-                    "admissionReviewVersions": ["v1"],
-                    "sideEffects": "None",
-                    "failurePolicy": "Fail",
-                    "timeoutSeconds": self.timeout_seconds,
-                }
-            ],
-        }
-        k8s.AdmissionregistrationV1Api(self._client).create_validating_webhook_configuration(body)
-
-    def _wait_until_called(self, timeout: float = 30.0) -> None:
-        """The API server loads webhook configurations asynchronously: probe with a dry run."""
-        from kubernetes.client import ApiException
-
-        probe = self.pool_manifest(f"probe-{self.lab_id}", [{"cidr": "192.0.2.0/32"}])
-        probe["metadata"]["annotations"] = {PROBE_ANNOTATION: "true"}
-        api = self.custom_api()
-
-        class _NotYet(Exception):
-            pass
-
-        def attempt() -> None:
-            try:
-                api.create_cluster_custom_object(GROUP, VERSION, PLURAL, probe, dry_run="All")
-            except ApiException as exc:
-                if self._probe_message() in api_error_message(exc):
-                    return
-                raise
-            raise _NotYet(f"webhook {self.config_name} not called yet")
-
-        Retrying(
-            stop=stop_after_delay(timeout),
-            wait=wait_exponential(multiplier=0.05, max=1),
-            retry=retry_if_exception_type(_NotYet),
-            reraise=True,
-        )(attempt)
-
-    def _probe_message(self) -> str:
-        return f"stale-cache lab {self.lab_id} is serving"
-
     def stop(self) -> None:
-        from kubernetes import client as k8s
         from kubernetes.client import ApiException
 
+        if self._admission is not None:
+            self._admission.stop()
+            self._admission = None
         if self._client is not None:
-            try:
-                k8s.AdmissionregistrationV1Api(
-                    self._client
-                ).delete_validating_webhook_configuration(self.config_name)
-            except ApiException as exc:
-                if exc.status != 404:
-                    log.warning("removing webhook %s: %s", self.config_name, exc.reason)
             try:
                 self.custom_api().delete_collection_cluster_custom_object(
                     GROUP, VERSION, PLURAL, label_selector=f"{LAB_LABEL}={self.lab_id}"
@@ -308,29 +195,15 @@ class StaleCacheWebhook:
         if self.cache is not None:
             self.cache.stop()
             self.cache = None
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
         if self._client is not None:
             self._client.close()
             self._client = None
 
     # --- admission ---------------------------------------------------------------------------
 
-    def _review(self, request: Mapping[str, Any]) -> dict[str, Any]:
+    def _decide(self, request: Mapping[str, Any]) -> str | None:
         obj = request.get("object") or {}
         name = (obj.get("metadata") or {}).get("name") or request.get("name", "")
-        annotations = (obj.get("metadata") or {}).get("annotations") or {}
-        if annotations.get(PROBE_ANNOTATION):
-            return {
-                "uid": request["uid"],
-                "allowed": False,
-                "status": {"message": self._probe_message()},
-            }
         assert self.cache is not None
         lag = self._lag
         if lag == 0:
@@ -358,10 +231,7 @@ class StaleCacheWebhook:
             "allowed" if decision.allowed else f"denied: {message}",
             ", ".join(decision.cached),
         )
-        response: dict[str, Any] = {"uid": request["uid"], "allowed": message is None}
-        if message:
-            response["status"] = {"message": message}
-        return response
+        return message
 
     # --- pools of this lab -------------------------------------------------------------------
 
@@ -411,32 +281,5 @@ class StaleCacheWebhook:
 
 
 def ensure_crd(api_client: Any, path: Path = CRD_PATH, timeout: float = 60.0) -> None:
-    """Create the CRD in `path` unless it exists, then wait until it is Established."""
-    from kubernetes import client as k8s
-    from kubernetes.client import ApiException
-
-    manifest = yaml.safe_load(path.read_text())
-    api = k8s.ApiextensionsV1Api(api_client)
-    try:
-        api.create_custom_resource_definition(manifest)
-        log.info("installed CRD %s", manifest["metadata"]["name"])
-    except ApiException as exc:
-        if exc.status != 409:
-            raise
-
-    class _NotEstablished(Exception):
-        pass
-
-    def established() -> None:
-        crd = api.read_custom_resource_definition(manifest["metadata"]["name"])
-        for cond in (crd.status.conditions or []) if crd.status else []:
-            if cond.type == "Established" and cond.status == "True":
-                return
-        raise _NotEstablished(f"CRD {manifest['metadata']['name']} not Established yet")
-
-    Retrying(
-        stop=stop_after_delay(timeout),
-        wait=wait_exponential(multiplier=0.05, max=1),
-        retry=retry_if_exception_type(_NotEstablished),
-        reraise=True,
-    )(established)
+    """Create the ExternalIPPool CRD (or the one in `path`) unless it exists; wait Established."""
+    admission.ensure_crd(api_client, path, timeout)
