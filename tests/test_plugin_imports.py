@@ -111,7 +111,11 @@ def test_each_plugin_imports_on_its_own_in_a_fresh_interpreter():
     assert failed == {}
 
 
-@pytest.mark.parametrize("module", MODULES)
+# loaded through pyproject.toml's pytest11 entry points, not fixtures/plugins/__init__.py
+ENTRY_POINTS = {"kind_options": "cni-e2e-kind-options"}
+
+
+@pytest.mark.parametrize("module", [m for m in MODULES if m not in ENTRY_POINTS])
 def test_every_plugin_module_is_listed_in_the_package(module):
     """A module left out of fixtures/plugins/__init__.py would silently never load."""
     init = ast.parse((PLUGINS / "__init__.py").read_text())
@@ -121,3 +125,14 @@ def test_every_plugin_module_is_listed_in_the_package(module):
         if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "pytest_plugins"
     )
     assert f"{PACKAGE}.{module}" in listed
+
+
+@pytest.mark.parametrize(("module", "name"), sorted(ENTRY_POINTS.items()))
+def test_entry_point_plugins_are_declared_and_installed(module, name):
+    import tomllib
+    from importlib.metadata import entry_points
+
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["entry-points"]
+    assert declared["pytest11"][name] == f"{PACKAGE}.{module}"
+    installed = {e.name: e.value for e in entry_points(group="pytest11")}
+    assert installed.get(name) == f"{PACKAGE}.{module}", "reinstall: pip install -e ."

@@ -53,6 +53,22 @@ def test_kind_cluster_is_not_a_fixture_and_pytest_kinds_options_still_are(pytest
         assert flag in helped.stdout.str()
 
 
+@pytest.mark.parametrize("flag", ["--kubeconfig", "--kind-bin"])
+def test_a_path_given_to_a_pytest_kind_option_is_not_taken_for_a_test_path(
+    pytester, monkeypatch, tmp_path, flag
+):
+    """The options are known before any conftest loads (an entry point registers them)."""
+    suite = _suite(pytester, monkeypatch)
+    elsewhere = tmp_path / "elsewhere" / "file"
+    elsewhere.parent.mkdir()
+    elsewhere.write_text("")
+    result = suite.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--collect-only", "-q", flag, str(elsewhere)
+    )
+    assert result.ret == 0, result.stdout.str()[-2000:] + result.stderr.str()[-2000:]
+    result.stdout.fnmatch_lines(["*tests/test_inner.py::test_uses_the_session_cluster"])
+
+
 @pytest.fixture(scope="module")
 def kwok_session(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, SessionRun]:
     """One session that provisions a kwok cluster with -p no:xdist; the tests below read it."""
