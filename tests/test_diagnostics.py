@@ -20,22 +20,19 @@ import pytest
 import yaml
 
 from fixtures.diagnostics import (
-    REDACTED,
     ClusterTarget,
     EventScope,
     ObjectRef,
-    Redactor,
     Tools,
     TouchedObjects,
-    _secret_outline,
     artifact_dirname,
     collect_failure,
     export_kind_logs,
-    kubeconfig_secrets,
     label_for_test,
 )
 from fixtures.lifecycle import SessionCluster
 from fixtures.plugins.diagnostics import cluster_targets
+from fixtures.redact import REDACTED, Redactor, kubeconfig_secrets
 
 REPO = Path(__file__).resolve().parent.parent
 pytest_plugins = ["pytester"]
@@ -119,20 +116,35 @@ def test_kubeconfig_secrets_finds_key_files_relative_to_the_kubeconfig(tmp_path)
     assert FAKE_KEY_PEM.splitlines()[1] in secrets
 
 
-def test_secret_outline_keeps_keys_and_sizes_never_values():
+def test_a_secret_object_keeps_its_keys_and_sizes_never_its_values():
     secret = {
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": {
             "name": "s",
             "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{data}"},
+            "managedFields": [{"manager": "kubectl"}],
         },
         "data": {"password": base64.b64encode(b"open-sesame").decode()},
     }
-    outline = _secret_outline(secret)
-    assert set(outline["data"]) == {"password"}
+    outline = Redactor().scrub_object(secret)
+    assert outline["data"] == {"password": f"{REDACTED} (16 characters)"}
     assert "open-sesame" not in str(outline) and secret["data"]["password"] not in str(outline)
     assert "last-applied-configuration" not in str(outline)
+    assert "managedFields" not in outline["metadata"]
+    assert secret["data"]["password"] != outline["data"]["password"], "the input was changed"
+
+
+def test_any_object_has_credentials_scrubbed_from_its_strings_and_the_rest_kept():
+    config_map = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "kubeconfig-copy", "managedFields": [{"manager": "x"}]},
+        "data": {"kubeconfig": f"users:\n- user:\n    token: {FAKE_TOKEN}\n", "plain": "hello"},
+    }
+    clean = Redactor().scrub_object(config_map)
+    assert FAKE_TOKEN not in str(clean) and REDACTED in clean["data"]["kubeconfig"]
+    assert clean["data"]["plain"] == "hello" and "managedFields" not in clean["metadata"]
 
 
 def test_artifact_dirname_is_path_safe_and_bounded():

@@ -101,7 +101,7 @@ def test_dns_resolves_service_names_inside_the_cluster(cluster):
 
 @pytest.mark.skipif(not os.environ.get("CNI_E2E_FAIL_ON_PURPOSE"), reason="not asked to fail")
 def test_fails_on_purpose_for_diagnostics(cluster, k8s):
-    from fixtures.diagnostics import kubeconfig_secrets
+    from fixtures.redact import kubeconfig_secrets
 
     record(cluster, "secrets", sorted(kubeconfig_secrets(cluster.kubeconfig)))
     assert False, "deliberate failure: diagnostics must be collected"

@@ -235,7 +235,7 @@ def test_wait_timeout_never_shows_secret_data(control_plane, k8s, ns, name):
     with pytest.raises(WaitTimeout) as raised:
         wait_for_condition(k8s, SECRET, name, lambda o: False, ns, timeout=1)
     text = str(raised.value)
-    assert "password: <redacted>" in text
+    assert "password: '[REDACTED] (28 characters)'" in text
     assert secret_value not in text and encoded not in text
 
 

@@ -151,3 +151,37 @@ def test_a_bad_pool_option_is_a_usage_error_naming_it(run):
     result = run(INNER_PROFILE, "--ip-range-pool", "198.18.0.1/16")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--ip-range-pool*198.18.0.1/16*did you mean 198.18.0.0/16*"])
+
+
+INNER_LOST = """
+import time
+from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
+from fixtures.ranges import FileStore, Holder, default_state_dir
+
+def test_a_rival_reclaims_this_tests_range(ip_range, ip_range_allocator):
+    # stand-in for renewals that stopped for longer than the TTL: a rival whose clock runs
+    # an hour ahead sees this claim as expired and takes it, as any holder would after such
+    # a gap (the state is the real FileStore of this run)
+    rival = FileStore(default_state_dir(), clock=lambda: time.time() + 3600)
+    taken = rival.try_claim(ip_range.pool, ip_range.prefix, Holder.current("rival"), 60.0)
+    assert taken == ip_range.network
+    noticed = Retrying(stop=stop_after_delay(30), wait=wait_fixed(0.05),
+                       retry=retry_if_result(lambda seen: not seen))
+    assert noticed(lambda: any(x is ip_range for x in ip_range_allocator.lost))
+
+def test_a_range_nobody_takes_fails_nothing(ip_range):
+    assert ip_range.prefix == 28
+"""
+
+
+def test_a_range_lost_while_its_test_held_it_fails_that_test_naming_it(run):
+    result = run(INNER_LOST, "--ip-range-pool", "192.0.2.0/27", "--ip-range-ttl", "3")
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at teardown of test_a_rival_reclaims_this_tests_range*",
+            "*IP range(s) 192.0.2.0/28 lost while this test held them: their claim went "
+            "unrenewed for longer than the TTL (3s) and another holder reclaimed it*",
+        ]
+    )
+    assert "ERROR at teardown of test_a_range_nobody_takes_fails_nothing" not in result.stdout.str()
