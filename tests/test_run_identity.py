@@ -208,11 +208,7 @@ def test_orphans_of_a_dead_run_are_removed_and_a_live_runs_are_untouched(live_ru
             dead_name, live_name = (names + [None, None])[:2]
             if dead_name is None:
                 continue
-            listed = (
-                host.netns()
-                if kind == "netns"
-                else [r.name for r in host.labelled(kind)]
-            )
+            listed = host.netns() if kind == "netns" else [r.name for r in host.labelled(kind)]
             assert f"{kind}:{dead_name}" in removed and dead_name not in listed
             assert live_name in listed, f"{kind} {live_name} of a live run was removed"
         assert dead.id not in ri.run_records(), "the dead run's record was not forgotten"
