@@ -19,8 +19,10 @@ import pytest
 
 from fixtures import run_identity as ri
 from fixtures.run_resources import Host, Resource, cleanup_orphans, leftovers
+from fixtures.toolchain import CACHE_ENV, cache_dir
 
 REPO = Path(__file__).resolve().parent.parent
+REAL_CACHE = cache_dir()  # before pytester moves HOME: the built control plane lives here
 pytest_plugins = ["pytester"]
 
 HOLDER = textwrap.dedent(
@@ -134,6 +136,9 @@ class ListedHost(Host):
         return [r for r in self._labelled if r.kind == what and r.name not in self.removed]
 
     def netns(self) -> list[str]:
+        return []
+
+    def kwok_clusters(self) -> list[str]:
         return []
 
     def remove(self, res: Resource) -> bool:
@@ -283,3 +288,82 @@ def test_allow_leaks_turns_the_leak_into_a_warning(leaky):
     assert result.ret == pytest.ExitCode.OK, out[-3000:]
     assert f"leaked: netns {name}" in out and "--allow-leaks: a warning" in out
     assert not (Path("/run/netns") / name).exists()
+
+
+KWOK_E2E = """
+import os
+from pathlib import Path
+
+def test_names_its_cluster(cluster):
+    Path(os.environ["CNI_E2E_SEEN"]).write_text(cluster.name)
+"""
+
+
+@pytest.fixture
+def kwok_suite(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """An e2e suite on the offline control plane (kwok: real API server, local processes)."""
+    from fixtures.providers.kwok import KwokProvider
+
+    monkeypatch.setenv(CACHE_ENV, str(REAL_CACHE))
+    why = KwokProvider().missing()
+    if why:
+        pytest.skip(why)
+    pytester.makeconftest('pytest_plugins = ["fixtures.plugins"]\n')
+    pytester.makeini("[pytest]\n")
+    (pytester.path / "e2e").mkdir()
+    (pytester.path / "e2e" / "test_kwok.py").write_text(KWOK_E2E)
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    seen = tmp_path / "seen"
+    monkeypatch.setenv("CNI_E2E_SEEN", str(seen))
+
+    def run(run_id: str, *args: str) -> tuple[pytest.RunResult, str]:
+        monkeypatch.setenv(ri.RUN_ID_ENV, run_id)
+        result = pytester.runpytest_subprocess(
+            "-p",
+            "no:cacheprovider",
+            "--provider",
+            "kwok",
+            "--profile",
+            "kind-flannel",
+            *args,
+            "e2e",
+            timeout=300,
+        )
+        return result, seen.read_text() if seen.exists() else ""
+
+    return run
+
+
+def test_a_created_cluster_is_named_for_its_run_and_reuse_takes_the_shared_name(kwok_suite):
+    rid = ri.new_run_id()
+    result, name = kwok_suite(rid)
+    result.assert_outcomes(passed=1)
+    assert name == f"cni-e2e-kind-flannel-{rid}"
+    result, name = kwok_suite(ri.new_run_id(), "--reuse-cluster")
+    result.assert_outcomes(passed=1)
+    assert name == "cni-e2e-kind-flannel"
+
+
+def test_a_kept_cluster_is_no_leak_and_no_orphan_for_the_next_run(kwok_suite):
+    from fixtures.providers.kwok import KwokProvider
+
+    rid = ri.new_run_id()
+    name = f"cni-e2e-kind-flannel-{rid}"
+    provider = KwokProvider()
+    try:
+        result, seen = kwok_suite(rid, "--keep-cluster")
+        assert result.ret == 0 and seen == name, result.stdout.str()[-3000:]
+        assert "leak check" not in result.stdout.str()
+        assert provider.exists(name)
+        # the next run's orphan cleanup leaves a cluster kept on purpose alone
+        later, _ = kwok_suite(ri.new_run_id())
+        later.assert_outcomes(passed=1)
+        assert provider.exists(name), "orphan cleanup removed a --keep-cluster cluster"
+        assert ri.run_records()[rid].kept == [f"cluster:{name}"]
+    finally:
+        from fixtures.providers import ClusterPlan
+
+        kc = provider.cluster_dir(name) / "kubeconfig.yaml"
+        if provider.exists(name):
+            provider.delete(ClusterPlan(name, kc, kc, ()))
+        ri.forget_run(rid)
