@@ -34,13 +34,16 @@ INNER = r"""
 import json, os, subprocess, time
 from pathlib import Path
 import pytest
-from fixtures.netns import temporary_netns
+from fixtures.netns import kind_node_netns, temporary_netns
+from fixtures.routes import RouteSet
 from fixtures.run_identity import current_run_id
 from fixtures.workloads import kubectl
 
 def test_holds_a_namespace_a_lease_and_a_netns_until_released(cluster, namespace, ip_range):
     gate = Path(os.environ["CNI_E2E_GATE"])
-    with temporary_netns("mid"):
+    node = kind_node_netns(cluster.name + "-control-plane")
+    with temporary_netns("mid"), RouteSet(node) as routes:
+        routes.replace("203.0.113.0/24", dev="eth0")  # a harness route on the node
         (gate / "in-test").write_text(cluster.name)
         deadline = time.monotonic() + 900  # the outer test signals or releases long before
         while not (gate / "go").exists():
@@ -142,7 +145,15 @@ def traces_of(run_id: str) -> dict[str, list[str]]:
         "network", "ls", "--filter", f"label={DOCKER_RUN_LABEL}={run_id}", "--format", "{{.Name}}"
     ).split()
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    root_routes = [
+        line
+        for family in ("-4", "-6")
+        for line in subprocess.run(
+            ["ip", family, "route", "show", "proto", "226"], capture_output=True, text=True
+        ).stdout.splitlines()
+    ]
     found = {
+        "root routes (proto 226)": root_routes,
         "clusters": [c for c in kind.split() if run_id in c],
         "containers": sorted({n for n in names if run_id in n} | set(labelled)),
         "networks": sorted({n for n in nets if run_id in n} | set(net_labelled)),
