@@ -45,11 +45,13 @@ def test_pid_without_process_is_reported():
         Netns.of_pid(pid)
 
 
-def test_unique_names_differ_and_carry_worker_and_pid():
+def test_unique_names_differ_and_carry_run_worker_and_pid():
+    from fixtures.run_identity import current_run_id
+
     a, b = nsx.unique_netns_name("x"), nsx.unique_netns_name("x")
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
     assert a != b
-    assert a.startswith(f"cnie2e-{worker}-{os.getpid()}-") and a.endswith("-x")
+    assert a.startswith(f"cnie2e-{current_run_id()}-{worker}-{os.getpid()}-") and a.endswith("-x")
 
 
 def test_sysctl_outside_net_is_refused():

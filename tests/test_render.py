@@ -237,3 +237,25 @@ def test_antrea_chart_is_pinned():
     _, render = helm_sets("antrea-encap")
     assert render.run[render.run.index("--repo") + 1] == "https://charts.antrea.io"
     assert render.run[render.run.index("--version") + 1] == "2.7.0"
+
+
+def test_extra_networks_are_the_runs_own_labelled_and_leave_the_clusters_network():
+    """Two runs of one profile never share an extra network; orphan cleanup can find it."""
+    import dataclasses
+
+    from fixtures.addressing import apply_plan
+    from fixtures.render import HostSetup
+
+    profile = apply_plan(load_profile("antrea-hybrid"), "testnet")
+    host = dataclasses.replace(HostSetup(address_plan="testnet"), run_id="1f2e3d4c")
+    base = "cni-e2e-antrea-hybrid-1f2e3d4c"
+    argv = [s.run for s in render_install_plan(profile, base, host).steps if s.run[0] == "docker"]
+    creates = [a for a in argv if a[1:3] == ["network", "create"]]
+    assert len(creates) == 1, creates
+    (create,) = creates
+    assert create[-1] == "antrea-hybrid-1f2e3d4c"
+    assert "org.cni-e2e.run=1f2e3d4c" in create and f"org.cni-e2e.cluster={base}" in create
+    for worker in (f"{base}-worker", f"{base}-worker2"):
+        assert ["docker", "network", "connect", "antrea-hybrid-1f2e3d4c", worker] in argv
+        # testnet: the node's own network is the cluster's, not kind's shared one
+        assert ["docker", "network", "disconnect", base, worker] in argv
