@@ -14,7 +14,6 @@ import re
 import secrets
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from filelock import FileLock
 
 from fixtures.addressing import apply_plan
 from fixtures.hostquirks import detect_host_quirks
@@ -31,6 +29,7 @@ from fixtures.offline_images import flannel_image, offline_node_image
 from fixtures.profiles import load_profile
 from fixtures.providers import ClusterPlan
 from fixtures.providers.kind import KindProvider
+from fixtures.real_kind import real_kind_slot
 from fixtures.render import HostSetup
 
 REPO = Path(__file__).resolve().parent.parent
@@ -67,15 +66,10 @@ def require_kind() -> KindProvider:
     return provider
 
 
-# One real cluster at a time on this machine: two at once on two cores made kubelets miss
-# kubeadm's start-up deadline. Re-entrant within a process (one FileLock object).
-_SLOT = FileLock(str(Path(tempfile.gettempdir()) / "cni-e2e-real-kind.lock"), timeout=2400)
-
-
 @contextmanager
 def kind_slot() -> Iterator[None]:
-    """Hold the machine's real-kind slot for the block (waits for other runs' tests)."""
-    with _SLOT:
+    """Hold the machine's real-kind slot for the block (fixtures/real_kind.py)."""
+    with real_kind_slot():
         yield
 
 

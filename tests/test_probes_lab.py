@@ -11,7 +11,15 @@ from pathlib import Path
 import pytest
 
 from fixtures.netns import NETNS_RUN_DIR, Netns
-from fixtures.probes import MatrixCase, Outcome, ProbeKind, Prober, ProbeSpec, parse_clientip
+from fixtures.probes import (
+    MatrixCase,
+    Outcome,
+    ProbeKind,
+    Prober,
+    ProbeSpec,
+    parse_clientip,
+    probe_batch,
+)
 from tests.lab.marks import needs_root
 from tests.lab.topology import CLIENT_GATEWAY, CLIENT_IP, EXTERNAL_IP, EXTERNAL_IP6, build_lab
 
@@ -194,6 +202,80 @@ def test_matrix_reports_expected_vs_observed_diff(lab):
     assert by_pair[(router.label, 8081)].attempts == 1  # expected filtered: never retried
     diff = report.diff()
     assert "!! reachable->filtered" in diff and "!! filtered->refused" in diff
+
+
+# -- batches: every probe of a namespace in flight at once ------------------------------
+
+
+def test_one_batch_of_every_kind_from_several_namespaces_keeps_each_verdict_in_order(lab):
+    lab.serve_http("n1", 8080)
+    lab.drop_tcp(8082)
+    lab.assign_ip("n2")
+    n1 = lab.node("n1").ipv4
+    client, router = lab.client.netns, lab.router.netns
+    pairs = [
+        (client, ProbeSpec(ProbeKind.TCP, n1, port=8080, timeout=0.3)),
+        (router, ProbeSpec(ProbeKind.ARP, EXTERNAL_IP, timeout=0.3)),
+        (client, ProbeSpec(ProbeKind.TCP, n1, port=8082, timeout=0.3)),
+        (client, ProbeSpec(ProbeKind.HTTP, n1, port=8080, timeout=0.3)),
+        (router, ProbeSpec(ProbeKind.TCP, n1, port=8081, timeout=0.3)),
+        (client, ProbeSpec(ProbeKind.ICMP, n1, timeout=0.3)),
+        (router, ProbeSpec(ProbeKind.HTTP, n1, port=8081, timeout=0.3)),
+    ]
+    got = probe_batch(pairs)
+    assert [(r.source, r.kind, r.outcome) for r in got] == [
+        (client.label, ProbeKind.TCP, Outcome.REACHABLE),
+        (router.label, ProbeKind.ARP, Outcome.REACHABLE),
+        (client.label, ProbeKind.TCP, Outcome.FILTERED),
+        (client.label, ProbeKind.HTTP, Outcome.REACHABLE),
+        (router.label, ProbeKind.TCP, Outcome.REFUSED),
+        (client.label, ProbeKind.ICMP, Outcome.REACHABLE),
+        (router.label, ProbeKind.HTTP, Outcome.REFUSED),
+    ]
+    assert lab.owner_of(got[1].owner) == "n2" and got[3].body == "n1"
+    assert got[0].macs and got[0].macs == got[3].macs  # the client's next hop (the router)
+
+
+def test_owners_of_many_ips_in_one_sweep_are_told_apart_and_split_brain_still_shows(lab):
+    ips = [f"198.51.100.{201 + i}" for i in range(3)]
+    lab.assign_ip("n1", ips[0])
+    lab.assign_ip("n2", ips[1])
+    lab.assign_ip("n1", ips[2])
+    lab.assign_ip("n3", ips[2])
+    specs = [ProbeSpec(ProbeKind.ARP, ip, timeout=1.0, window=0.2) for ip in ips]
+    got = probe_batch([(lab.router.netns, s) for s in specs])
+    assert [sorted(lab.owner_of(m) for m in r.macs) for r in got] == [["n1"], ["n2"], ["n1", "n3"]]
+    assert got[2].split_brain and len(got[2].owner_rtts) == 2
+
+
+def test_a_node_level_drop_is_filtered_and_an_unreachable_route_inconclusive(lab):
+    lab.serve_http("n2", 8082)
+    lab.drop_tcp_at("n2", 8082)
+    lab.unreachable_from("n1", lab.node("n3").ipv4)
+    n1 = lab.node("n1").netns
+    dropped = FAST.tcp(lab.node("n2").ipv4, 8082, source=n1)
+    no_route = FAST.tcp(lab.node("n3").ipv4, 8080, source=n1)
+    assert dropped.outcome is Outcome.FILTERED
+    assert no_route.outcome is Outcome.INCONCLUSIVE and "No route to host" in no_route.detail
+
+
+def test_bench_probes_quick_mode_checks_agreement_and_prints_json():
+    done = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "bench-probes"), "--quick", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    data = json.loads(done.stdout)
+    assert data["checks"] and data["checks_ok"] is True
+    assert set(data["goals"]) == {
+        "tcp_matrix_vs_parallel_curl",
+        "http_matrix_vs_parallel_curl",
+        "tcp_single_p50_ms",
+        "arp_owner_verdict_p99_ms",
+        "arp_owner_matrix_10_ips_s",
+    }
 
 
 # -- the command line --------------------------------------------------------------------

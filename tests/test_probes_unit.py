@@ -142,17 +142,26 @@ def test_assert_matrix_raises_an_assertion_carrying_the_diff():
     assert_matrix(MatrixReport(()))  # nothing to compare is not a failure
 
 
+def _fake_batch(answer):
+    """A stand-in for probe_batch (the network): answer(spec, source) per pair."""
+
+    def fake(pairs, workers=16):
+        return [answer(spec, source) for source, spec in pairs]
+
+    return fake
+
+
 def test_matrix_retries_only_pairs_expected_to_succeed_and_reprobes_after_settle(monkeypatch):
-    """Replaces run_probe (the network) with a script of outcomes; only the policy is real."""
+    """Replaces probe_batch (the network) with a script of outcomes; only the policy is real."""
     calls: list[str] = []
     up = ProbeSpec(ProbeKind.TCP, "198.51.100.11", port=8080)
     down = ProbeSpec(ProbeKind.TCP, "198.51.100.12", port=8080)
 
-    def fake_run_probe(spec: ProbeSpec, source: Netns) -> ProbeResult:
+    def fake_probe(spec: ProbeSpec, source: Netns) -> ProbeResult:
         calls.append(spec.target)
         return _result(spec, Outcome.FILTERED, source.label)  # both look dropped
 
-    monkeypatch.setattr(probes, "run_probe", fake_run_probe)
+    monkeypatch.setattr(probes, "probe_batch", _fake_batch(fake_probe))
     report = probe_matrix(
         [MatrixCase(A, up, Outcome.REACHABLE), MatrixCase(A, down, Outcome.FILTERED)],
         retries=2,
@@ -167,10 +176,10 @@ def test_matrix_retries_only_pairs_expected_to_succeed_and_reprobes_after_settle
 
 
 def test_matrix_stops_after_one_round_when_everything_matches(monkeypatch):
-    """Replaces run_probe (the network) with one that always answers."""
+    """Replaces probe_batch (the network) with one that always answers."""
     spec = ProbeSpec(ProbeKind.ICMP, "198.51.100.11")
     monkeypatch.setattr(
-        probes, "run_probe", lambda s, src: _result(s, Outcome.REACHABLE, src.label)
+        probes, "probe_batch", _fake_batch(lambda s, src: _result(s, Outcome.REACHABLE, src.label))
     )
     report = probe_matrix([MatrixCase(A, spec, Outcome.REACHABLE)], settle=60)
     assert report.ok and report.rounds == 1
@@ -259,8 +268,10 @@ def test_prober_owner_picks_arp_or_ndp_by_family(monkeypatch):
 
 
 def test_prober_expect_matrix_reports_then_raises(monkeypatch):
-    """Replaces run_probe (the network) with one that never gets an answer."""
-    monkeypatch.setattr(probes, "run_probe", lambda s, src: _result(s, Outcome.FILTERED, src.label))
+    """Replaces probe_batch (the network) with one that never gets an answer."""
+    monkeypatch.setattr(
+        probes, "probe_batch", _fake_batch(lambda s, src: _result(s, Outcome.FILTERED, src.label))
+    )
     seen: list[MatrixReport] = []
     spec = ProbeSpec(ProbeKind.ICMP, "198.51.100.11")
     prober = probes.Prober(on_report=seen.append)

@@ -359,3 +359,22 @@ def test_a_lease_namespace_deleted_under_a_store_is_made_again(kubeconfig, admin
     assert set(leases(admin_client, lease_ns)) == {lease_name(r.network)}
     a.close()
     store.close()
+
+
+def test_a_lease_reclaimed_by_another_holder_of_the_same_store_is_lost_to_the_first(
+    kubeconfig, lease_ns
+):
+    """One store (one process) serves both holders: the body it last wrote for the network
+    is the new holder's, and must not let the old holder renew or release that claim."""
+    clock = FakeClock()
+    store = LeaseStore.from_kubeconfig(kubeconfig, lease_ns, clock=clock)
+    first = allocator(store, ["192.0.2.0/28"], ttl=10.0, run_id="first", autorenew=False)
+    second = allocator(store, ["192.0.2.0/28"], ttl=10.0, run_id="second", autorenew=False)
+    r = first.allocate()
+    clock.now += 10.0
+    assert second.allocate() == r
+    assert store.renew([r.network], first.holder, 10.0) == [r.network]
+    store.release(r.network, first.holder, 30.0)  # logged as "not held"; changes nothing
+    (claim,) = store.claims(4)
+    assert claim.holder == str(second.holder) and claim.released_at is None
+    store.close()

@@ -191,6 +191,26 @@ class Lab:
                 action="FR_ACT_PROHIBIT",
             )
 
+    def drop_tcp_at(self, node: str, port: int) -> None:
+        """`node` silently drops TCP to `port` addressed to it (a blackhole policy rule,
+        ahead of the lookup-local rule, which moves from 0 to LOCAL_RULE_PRIORITY)."""
+        with self.node(node).netns.iproute() as ipr:
+            ipr.rule("add", priority=LOCAL_RULE_PRIORITY, table=255)
+            ipr.rule("del", priority=0, table=255)
+            ipr.rule(
+                "add",
+                priority=DROP_RULE_PRIORITY,
+                ip_proto=6,
+                dport_range=f"{port}:{port}",
+                action="FR_ACT_BLACKHOLE",
+            )
+
+    def unreachable_from(self, node: str, ip: str) -> None:
+        """`node` gets an `unreachable` route to `ip`: its sends fail with "no route to host"."""
+        prefix = 128 if ":" in ip else 32
+        with self.node(node).netns.iproute() as ipr:
+            ipr.route("add", dst=f"{ip}/{prefix}", type="unreachable")
+
     def enable_dsr(self, lb: str, backend: str, ip: str = EXTERNAL_IP) -> None:
         """LB node owns `ip` and forwards it unchanged to `backend`, which has it on lo."""
         lb_host, be_host = self.node(lb), self.node(backend)
