@@ -113,9 +113,11 @@ def test_each_plugin_imports_on_its_own_in_a_fresh_interpreter():
 
 # loaded through pyproject.toml's pytest11 entry points, not fixtures/plugins/__init__.py
 ENTRY_POINTS = {"kind_options": "cni-e2e-kind-options"}
+# loaded only when asked for with -p (scripts/bench-session), never by default
+OPT_IN = {"session_timing"}
 
 
-@pytest.mark.parametrize("module", [m for m in MODULES if m not in ENTRY_POINTS])
+@pytest.mark.parametrize("module", [m for m in MODULES if m not in {*ENTRY_POINTS, *OPT_IN}])
 def test_every_plugin_module_is_listed_in_the_package(module):
     """A module left out of fixtures/plugins/__init__.py would silently never load."""
     init = ast.parse((PLUGINS / "__init__.py").read_text())
@@ -125,6 +127,18 @@ def test_every_plugin_module_is_listed_in_the_package(module):
         if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "pytest_plugins"
     )
     assert f"{PACKAGE}.{module}" in listed
+
+
+@pytest.mark.parametrize("module", sorted(OPT_IN))
+def test_opt_in_plugin_modules_are_not_loaded_by_default(module):
+    """An opt-in plugin listed in the package would run in every session."""
+    init = ast.parse((PLUGINS / "__init__.py").read_text())
+    listed = next(
+        ast.literal_eval(node.value)
+        for node in init.body
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "pytest_plugins"
+    )
+    assert f"{PACKAGE}.{module}" not in listed
 
 
 @pytest.mark.parametrize(("module", "name"), sorted(ENTRY_POINTS.items()))

@@ -134,12 +134,6 @@ def test_a_session_leaves_no_cluster_directory_under_dot_pytest_kind(kwok_sessio
     assert left == [], f".pytest-kind/ still holds {left}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fixtures/plugins/cluster.py (~line 248) keeps its own workdir under "
-    "<rootdir>/.pytest-kind/<name>; it removes <name> at teardown but leaves the empty "
-    ".pytest-kind/ (owned by the cluster-naming work, not changed here)",
-)
 def test_a_session_leaves_no_dot_pytest_kind_directory_at_all(kwok_session):
     path, run = kwok_session
     run.cluster()
