@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import socket
@@ -27,6 +28,7 @@ from fixtures.probe_engine import (
     _neighbour_solicitation,
     _owner_answer,
     _response_complete,
+    parse_response,
     syn_segment,
 )
 from fixtures.probes import Outcome
@@ -134,3 +136,14 @@ def test_bench_session_counts_creates_from_the_lines_the_pipeline_logs(caplog):
         lifecycle._timed("create (kind)", "cni-e2e-x", lambda: None)
     found = [_CREATE_DONE.search(r.getMessage()) for r in caplog.records]
     assert [m.group(1) for m in found if m] == ["cni-e2e-x"]
+
+
+def test_an_http_answer_reads_as_status_and_body_however_it_is_framed():
+    assert parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nn1") == (200, "n1")
+    assert parse_response(b"HTTP/1.0 404 Not Found\r\nServer: x\r\n\r\nnope") == (404, "nope")
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nn1\r\n0\r\n\r\n"
+    assert parse_response(chunked) == (200, "n1")
+    with pytest.raises(http.client.IncompleteRead):
+        parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nn1")
+    with pytest.raises(http.client.BadStatusLine):
+        parse_response(b"SSH-2.0-OpenSSH\r\n\r\n")

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def test_the_file_store_rows_are_measured_and_tabulated(capsys):
-    assert main(["--stores", "file", "--processes", "1,2", "--cycles", "5",
+    assert main(["--stores", "file", "--processes", "1,2", "--cycles", "5", "--repeat", "1",
                  "--pool", "198.18.0.0/24"]) == 0  # fmt: skip
     out = capsys.readouterr().out.split("\nbench-ranges:")[0].splitlines()
     assert out[0].split()[:3] == ["store", "procs", "cycles"]
