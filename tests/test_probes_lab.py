@@ -326,13 +326,30 @@ def test_cli_tcp_refused_exits_1_and_prints_one_line(lab):
 # -- the lab itself ----------------------------------------------------------------------
 
 
+def _docker_link(name: str) -> bool:
+    """Links Docker itself makes and removes as containers come and go (kind nodes booting
+    on the other xdist worker): its bridges and containers' host-side veths. The lab's own
+    links are p<N>, br0 and eth0, so leaving these out hides nothing of the lab's."""
+    return name == "docker0" or name.startswith(("br-", "veth"))
+
+
 def _root_view() -> tuple[list, list, list]:
     from pyroute2 import IPRoute
 
     with IPRoute() as ipr:
-        links = sorted(link.get("IFLA_IFNAME") for link in ipr.get_links())
-        addrs = sorted((a.get("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr())
-        routes = sorted(str(r.get("RTA_DST")) + "/" + str(r["dst_len"]) for r in ipr.get_routes())
+        all_links = {link["index"]: link.get("IFLA_IFNAME") for link in ipr.get_links()}
+        docker = {i for i, name in all_links.items() if _docker_link(name)}
+        links = sorted(name for i, name in all_links.items() if i not in docker)
+        addrs = sorted(
+            (a.get("IFA_ADDRESS"), a["prefixlen"])
+            for a in ipr.get_addr()
+            if a["index"] not in docker
+        )
+        routes = sorted(
+            str(r.get("RTA_DST")) + "/" + str(r["dst_len"])
+            for r in ipr.get_routes()
+            if r.get("RTA_OIF") not in docker
+        )
     return links, addrs, routes
 
 
