@@ -22,6 +22,10 @@ pytestmark = [
     pytest.mark.dataplane,
     pytest.mark.disruptive,
     pytest.mark.xdist_group("disruptive"),
+    # MetalLB only: its speakers pick the owner by a stable hash, so the IP goes back to
+    # the resumed node. Cilium has no failback to test: each Service's announcer is a
+    # client-go leader election (pkg/l2announcer/l2announcer.go, RunOrDie) without
+    # preemption, so the interim owner keeps the Lease after the frozen agent resumes.
     pytest.mark.requires(lb_provider="metallb", l2_announcements=True),
 ]
 
