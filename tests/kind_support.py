@@ -22,15 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from fixtures.addressing import apply_plan
-from fixtures.hostquirks import detect_host_quirks
-from fixtures.lifecycle import SessionCluster, provision, teardown
+from fixtures.lifecycle import SessionCluster
 from fixtures.offline_images import flannel_image, offline_node_image
-from fixtures.profiles import load_profile
-from fixtures.providers import ClusterPlan
 from fixtures.providers.kind import KindProvider
-from fixtures.real_kind import real_kind_slot
-from fixtures.render import HostSetup
+from fixtures.real_kind import real_kind_slot, testnet_cluster
 
 REPO = Path(__file__).resolve().parent.parent
 REQUIRE_ENV = "CNI_E2E_REQUIRE_KIND"
@@ -217,29 +212,9 @@ def provisioned_cluster(profile_name: str, what: str, workdir: Path) -> Iterator
     """A testnet cluster of `profile_name` made through the library (as scripts/e2e would),
     holding the machine's kind slot while it lives; deleted after, also when provisioning
     fails part-way, and checked to leave nothing behind."""
-    provider = require_kind()
+    require_kind()
     name = unique_cluster_name(what)
-    profile = apply_plan(load_profile(profile_name), "testnet")
-    host = HostSetup(quirks=detect_host_quirks(), offline=True, address_plan="testnet")
-    made: list[ClusterPlan] = []
-    with kind_slot():
-        try:
-            session = provision(
-                profile,
-                provider,
-                base=name,
-                workdir=workdir / name,
-                image=offline_node_image(),
-                host=host,
-                on_created=made.append,
-            )
-            try:
-                yield session
-            finally:
-                teardown(session, provider)
-        finally:
-            for plan in made:  # provisioning failed part-way: remove what it made
-                if provider.exists(plan.name):
-                    provider.delete(plan)
+    with testnet_cluster(profile_name, base=name, workdir=workdir) as session:
+        yield session
     left = HostState.now().mine(name)
     assert left.empty(), f"cluster {name} left things behind: {left}"
